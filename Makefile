@@ -1,0 +1,45 @@
+# Targets match the README. The virtualenv is .venv; `make install` creates it.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The tests run on the local PostgreSQL and Redis unless told otherwise.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/moran
+TEST_BROKER_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: install demo test lint serve worker flower migrate
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+
+install: $(BIN)/python
+
+# The main job on the embedded default: SQLite, in-process tasks, the sandbox engine.
+demo: install
+	env -u DATABASE_URL -u CELERY_BROKER_URL $(BIN)/python manage.py migrate --verbosity 0
+	env -u DATABASE_URL -u CELERY_BROKER_URL $(BIN)/python manage.py provision_tenant demo-$$(date +%s) --create \
+	  --company "Demo $$(date +%s) Ltd" --abbr D$$(date +%s | tail -c 6) --currency EUR --country Germany \
+	  --admin-email admin@demo.test --cost-center Operations --warehouse Returns
+
+test: install
+	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} \
+	  $(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	env -u DATABASE_URL -u CELERY_BROKER_URL $(BIN)/python manage.py makemigrations --check --dry-run
+
+migrate: install
+	$(BIN)/python manage.py migrate
+
+serve: install
+	$(BIN)/python manage.py migrate --verbosity 0
+	$(BIN)/python manage.py runserver 127.0.0.1:4000
+
+worker: install
+	$(BIN)/celery -A celery_app worker -Q provisioning --loglevel INFO
+
+flower: install
+	$(BIN)/celery -A celery_app flower --address=127.0.0.1 --port=5555

@@ -1,0 +1,120 @@
+"""The sandbox engine: the ERPNext emulator over the project's database, with per-tenant fault injection.
+
+Every worker process (on every machine) that shares the database sees the same sandbox site, exactly as every
+worker would see the same ERPNext site.
+"""
+
+from __future__ import annotations
+
+import time
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+
+from provisioning.engines.emulator import DuplicateName, ERPNextEmulator
+from provisioning.engines.errors import EngineTransientError, EngineValidationError
+from provisioning.models import SandboxDocument, SandboxFault
+
+
+class DatabaseStore:
+    def __init__(self, site: str):
+        self.site = site
+
+    def _docs(self, doctype):
+        return SandboxDocument.objects.filter(site=self.site, doctype=doctype)
+
+    def get(self, doctype, name):
+        row = self._docs(doctype).filter(name=name).values_list("data", flat=True).first()
+        return row
+
+    def add(self, doctype, name, doc):
+        try:
+            with transaction.atomic():  # a savepoint, so a duplicate does not spoil an outer transaction
+                SandboxDocument.objects.create(site=self.site, doctype=doctype, name=name, data=doc)
+        except IntegrityError as exc:
+            raise DuplicateName(name) from exc
+
+    def put(self, doctype, name, doc):
+        SandboxDocument.objects.update_or_create(site=self.site, doctype=doctype, name=name, defaults={"data": doc})
+
+    def remove(self, doctype, name):
+        deleted, _ = self._docs(doctype).filter(name=name).delete()
+        return bool(deleted)
+
+    def rows(self, doctype):
+        return list(self._docs(doctype).order_by("name").values_list("data", flat=True))
+
+    def atomic(self):
+        return transaction.atomic()
+
+
+class SandboxEngine:
+    """The :class:`~provisioning.engines.base.Engine` of a sandbox connection, bound to one tenant and step so that
+    the faults injected for that tenant apply."""
+
+    kind = "sandbox"
+
+    def __init__(self, connection, *, tenant=None, step: str | None = None):
+        self.name = connection.name
+        self.tenant = tenant
+        self.step = step
+        self.site = ERPNextEmulator(DatabaseStore(connection.name))
+
+    # Fault injection -------------------------------------------------------------------------------------------
+    def _consume(self, kind: str) -> bool:
+        """Take one unit of a fault of this kind for this tenant and step; a conditional UPDATE, so two workers
+        cannot both take the last one."""
+        if self.tenant is None or not self.step:
+            return False
+        for fault_id in SandboxFault.objects.filter(
+            tenant=self.tenant, step=self.step, kind=kind, remaining__gt=0
+        ).values_list("id", flat=True):
+            if SandboxFault.objects.filter(id=fault_id, remaining__gt=0).update(remaining=F("remaining") - 1):
+                return True
+        return False
+
+    def _before_call(self):
+        if self.tenant is None:
+            return
+        latency = (
+            SandboxFault.objects.filter(tenant=self.tenant, kind=SandboxFault.Kind.LATENCY)
+            .values_list("latency_ms", flat=True)
+            .first()
+        )
+        if latency:
+            time.sleep(latency / 1000)
+        if self._consume(SandboxFault.Kind.TRANSIENT):
+            raise EngineTransientError(
+                f"Service Unavailable: sandbox engine '{self.name}' injected a transient fault", status=503
+            )
+        if self._consume(SandboxFault.Kind.PERMANENT):
+            raise EngineValidationError(
+                f"Sandbox fault injected for {self.step}: the engine refused the request",
+                status=417,
+                exc_type="ValidationError",
+            )
+
+    # Engine protocol -------------------------------------------------------------------------------------------
+    def call(self, method, **params):
+        self._before_call()
+        return self.site.call(method, **params)
+
+    def get_doc(self, doctype, name):
+        self._before_call()
+        return self.site.get_doc(doctype, name)
+
+    def get_list(self, doctype, *, filters=None, fields=None, order_by=None, limit=0):
+        self._before_call()
+        return self.site.get_list(doctype, filters=filters, fields=fields, order_by=order_by, limit=limit)
+
+    def insert(self, doctype, doc):
+        self._before_call()
+        return self.site.insert(doctype, doc)
+
+    def update(self, doctype, name, changes):
+        self._before_call()
+        return self.site.update(doctype, name, changes)
+
+    def delete(self, doctype, name):
+        self._before_call()
+        return self.site.delete(doctype, name)

@@ -1,0 +1,219 @@
+"""Provision a tenant from a terminal, with a progress display per step while it waits.
+
+Exit codes: 0 COMPLETED; 1 PARTIAL, FAILED, CANCELLED or still running at --timeout; 2 bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
+
+from moran.errors import DomainError
+from provisioning.models import Onboarding, OnboardingStatus, SandboxFault
+from provisioning.selectors import onboarding_status
+from provisioning.services import onboarding_continue, onboarding_retry, onboarding_start
+from provisioning.steps import STEP_NAMES, TOTAL_STEPS
+from tenants.models import EngineConnection
+from tenants.services import engine_get, tenant_create, tenant_get
+
+EXIT_OK, EXIT_NOT_COMPLETED, EXIT_BAD_INPUT = 0, 1, 2
+TERMINAL = {OnboardingStatus.COMPLETED, OnboardingStatus.PARTIAL, OnboardingStatus.FAILED, OnboardingStatus.CANCELLED}
+
+
+class BadInput(Exception):
+    pass
+
+
+class Command(BaseCommand):
+    help = "Create and/or provision a tenant, continue or retry its provisioning, and watch it step by step."
+
+    def add_arguments(self, parser):
+        parser.add_argument("slug", help="the tenant's slug (or id)")
+        parser.add_argument("--create", action="store_true", help="create the tenant first")
+        parser.add_argument("--company", help="company name in the engine (with --create)")
+        parser.add_argument("--abbr", help="company abbreviation, 2-10 uppercase letters/digits (with --create)")
+        parser.add_argument("--currency", help="ISO 4217 currency code (with --create)")
+        parser.add_argument("--country", help="country name as ERPNext knows it (with --create)")
+        parser.add_argument("--admin-email", help="the tenant admin's email (with --create)")
+        parser.add_argument("--name", help="display name (default: the company name)")
+        parser.add_argument(
+            "--cost-center", action="append", default=[], dest="cost_centers", help="an extra cost center (repeatable)"
+        )
+        parser.add_argument(
+            "--warehouse", action="append", default=[], dest="warehouses", help="an extra warehouse (repeatable)"
+        )
+        parser.add_argument("--engine", help="engine connection name (default: %(default)s)", default=None)
+        parser.add_argument("--fail-step", help="sandbox: make this step fail once, permanently")
+        parser.add_argument("--sandbox-latency", type=int, metavar="MS", help="sandbox: add MS to every engine call")
+        action = parser.add_mutually_exclusive_group()
+        action.add_argument(
+            "--continue", action="store_true", dest="continue_", help="resume from the first incomplete step"
+        )
+        action.add_argument("--retry", action="store_true", help="run every step again from step 0")
+        parser.add_argument("--no-wait", action="store_true", help="return once the run is enqueued")
+        parser.add_argument(
+            "--timeout", type=float, default=900, help="seconds to wait for the end (default %(default)s)"
+        )
+
+    def handle(self, *args, **opts):
+        if opts["verbosity"] < 2:
+            # The progress display says it all; per-task log lines are for workers (and -v 2).
+            for name in ("moran", "celery"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+        try:
+            code = self._handle(opts)
+        except (BadInput, DomainError, CommandError) as exc:
+            self.stderr.write(f"error: {getattr(exc, 'message', None) or exc}")
+            code = EXIT_BAD_INPUT
+        sys.exit(code)
+
+    def _handle(self, opts) -> int:
+        tenant = self._tenant(opts)
+        self._faults(tenant, opts)
+        onboarding = Onboarding.objects.get(tenant=tenant)
+        who = "cli"
+        eager = settings.CELERY_TASK_ALWAYS_EAGER
+        watcher = None if opts["no_wait"] else Watcher(self.stdout, onboarding.pk)
+        if watcher:
+            watcher.poll()  # remember the state before the run, so only what this run changes is shown
+            watcher.start()
+        try:
+            if opts["continue_"]:
+                run = onboarding_continue(onboarding=onboarding, requested_by=who)
+            elif opts["retry"]:
+                run = onboarding_retry(onboarding=onboarding, requested_by=who)
+            elif onboarding.status == OnboardingStatus.PENDING:
+                run = onboarding_start(onboarding=onboarding, requested_by=who)
+            else:
+                raise BadInput(f"Tenant '{tenant.slug}' is {onboarding.status}: use --continue or --retry")
+            if opts["no_wait"]:
+                self.stdout.write(f"run {run.id} {'finished' if eager else 'enqueued'} for {tenant.slug}")
+                return EXIT_OK
+            # Embedded mode ran the chain inside the call above; otherwise workers run it and we watch the row.
+            deadline = time.monotonic() + (0 if eager else opts["timeout"])
+            while time.monotonic() < deadline:
+                onboarding.refresh_from_db()
+                if onboarding.status in TERMINAL:
+                    break
+                time.sleep(0.25)
+        finally:
+            if watcher:
+                watcher.stop()
+        onboarding.refresh_from_db()
+        return self._summary(onboarding)
+
+    def _tenant(self, opts):
+        if opts["create"]:
+            missing = [
+                f"--{k.replace('_', '-')}"
+                for k in ("company", "abbr", "currency", "country", "admin_email")
+                if not opts[k]
+            ]
+            if missing:
+                raise BadInput(f"--create needs {', '.join(missing)}")
+            engine = engine_get(name=opts["engine"])
+            tenant = tenant_create(
+                slug=opts["slug"],
+                name=opts["name"] or "",
+                company_name=opts["company"],
+                abbr=opts["abbr"],
+                currency=opts["currency"],
+                country=opts["country"],
+                admin_email=opts["admin_email"],
+                engine=engine,
+                extra_cost_centers=opts["cost_centers"],
+                extra_warehouses=opts["warehouses"],
+            )
+            self.stdout.write(
+                f"created tenant {tenant.slug} ({tenant.company_name}, {tenant.abbr}) on engine {engine.name}"
+            )
+            return tenant
+        for flag in ("company", "abbr", "currency", "country", "admin_email", "engine"):
+            if opts[flag]:
+                raise BadInput(f"--{flag.replace('_', '-')} is only used with --create")
+        return tenant_get(identifier=opts["slug"])
+
+    def _faults(self, tenant, opts):
+        if opts["fail_step"] is None and opts["sandbox_latency"] is None:
+            return
+        if tenant.engine.kind != EngineConnection.Kind.SANDBOX:
+            raise BadInput("--fail-step and --sandbox-latency only apply to a sandbox engine")
+        if opts["fail_step"] is not None:
+            if opts["fail_step"] not in STEP_NAMES:
+                raise BadInput(f"unknown step '{opts['fail_step']}'; steps are: {', '.join(STEP_NAMES)}")
+            SandboxFault.objects.create(
+                tenant=tenant, step=opts["fail_step"], kind=SandboxFault.Kind.PERMANENT, remaining=1
+            )
+        if opts["sandbox_latency"] is not None:
+            if opts["sandbox_latency"] < 0:
+                raise BadInput("--sandbox-latency must be 0 or more milliseconds")
+            SandboxFault.objects.filter(tenant=tenant, kind=SandboxFault.Kind.LATENCY).delete()
+            if opts["sandbox_latency"]:
+                SandboxFault.objects.create(
+                    tenant=tenant, kind=SandboxFault.Kind.LATENCY, latency_ms=opts["sandbox_latency"]
+                )
+
+    def _summary(self, onboarding) -> int:
+        status = onboarding_status(onboarding=onboarding)
+        self.stdout.write(
+            f"{status['tenant']}: {status['status']} {status['steps_completed']}/{status['total_steps']} steps, "
+            f"{status['progress']} %" + (f", current step {status['current_step']}" if status["current_step"] else "")
+        )
+        for error in status["errors"]:
+            self.stdout.write(f"  error in {error['step']}: {error['type']}: {error['message']}")
+        if status["status"] == OnboardingStatus.COMPLETED:
+            return EXIT_OK
+        if status["status"] == OnboardingStatus.IN_PROGRESS:
+            self.stdout.write(
+                "  still in progress: watch it with `manage.py provisioning_status " + status["tenant"] + "`"
+            )
+        return EXIT_NOT_COMPLETED
+
+
+class Watcher(threading.Thread):
+    """Prints each step's transitions while a run goes on. It polls the database (its own connection), so it shows
+    the same whether the steps run in this process (embedded mode) or on workers elsewhere."""
+
+    def __init__(self, out, onboarding_id, interval=0.2):
+        super().__init__(daemon=True)
+        self.out, self.onboarding_id, self.interval = out, onboarding_id, interval
+        self._stop_event = threading.Event()
+        self._seen: dict[str, tuple] = {}
+
+    def run(self):
+        try:
+            while not self._stop_event.is_set():
+                self.poll()
+                self._stop_event.wait(self.interval)
+            self.poll()
+        finally:
+            connection.close()
+
+    def poll(self):
+        steps = Onboarding.objects.values_list("provisioning_steps", flat=True).get(pk=self.onboarding_id)
+        for i, name in enumerate(STEP_NAMES):
+            entry = steps.get(name) or {}
+            key = (entry.get("status"), entry.get("attempts"))
+            if self._seen.get(name) == key:
+                continue
+            first = name not in self._seen
+            self._seen[name] = key
+            if first:  # the state before this run: shown by the summary, not as progress
+                continue
+            detail = ""
+            if entry.get("error") and entry.get("status") != "completed":
+                detail = f" — {entry['error'].get('type')}: {entry['error'].get('message')}"
+            self.out.write(
+                f"[{i + 1:>2}/{TOTAL_STEPS}] {name:<28} {entry.get('status', 'pending'):<9} "
+                f"attempt {entry.get('attempts', 0)}{detail}"
+            )
+
+    def stop(self):
+        self._stop_event.set()
+        self.join(timeout=5)

@@ -1,0 +1,153 @@
+"""The one writer of onboarding state, and the rules that derive status from step states.
+
+Every change to ``Onboarding.provisioning_steps`` goes through :func:`onboarding_write`: it locks the row
+(``SELECT ... FOR UPDATE``; on SQLite the IMMEDIATE transaction takes the database write lock), refuses a write from a
+run that is no longer in charge, hands the caller a *copy* of the step states, assigns the result back, derives
+status / current_step / steps_completed / progress, and saves. The seeds' bug (a JSON dict mutated in place and never
+saved) and lost updates between two writers cannot happen through it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.utils import timezone
+
+from provisioning.models import Onboarding, OnboardingStatus, ProvisioningRun, StepLog, StepStatus
+from provisioning.steps import STEP_BY_NAME, STEPS, TOTAL_STEPS
+
+logger = logging.getLogger("moran.provisioning")
+
+DONE = {StepStatus.COMPLETED, StepStatus.SKIPPED}
+ACTIVE = {StepStatus.RUNNING, StepStatus.RETRYING}
+
+#: pass as ``run_id`` to write whatever run is in charge (operator actions).
+ANY_RUN = object()
+
+
+def now_iso() -> str:
+    return timezone.now().isoformat().replace("+00:00", "Z")
+
+
+def empty_step() -> dict:
+    return {
+        "status": StepStatus.PENDING.value,
+        "attempts": 0,
+        "started_at": None,
+        "finished_at": None,
+        "error": None,
+        "result": None,
+        "run_id": None,
+    }
+
+
+def initial_steps() -> dict:
+    return {step.name: empty_step() for step in STEPS}
+
+
+def normalised(steps: dict) -> dict:
+    """Every step present, in order, with every key (older rows or hand-edited JSON lose nothing)."""
+    return {step.name: {**empty_step(), **(steps.get(step.name) or {})} for step in STEPS}
+
+
+@dataclass(frozen=True)
+class Derived:
+    status: str
+    current_step: str | None
+    steps_completed: int
+    progress: int
+
+
+def derive(steps: dict, *, run_active: bool, previous_status: str) -> Derived:
+    """The brief's rules. ``previous_status`` only matters for CANCELLED, which holds until a new run starts."""
+    steps = normalised(steps)
+    statuses = {name: entry["status"] for name, entry in steps.items()}
+    completed = sum(1 for s in statuses.values() if s == StepStatus.COMPLETED)
+    done = sum(1 for s in statuses.values() if s in DONE)
+    current = next((n for n, s in statuses.items() if s in ACTIVE), None) or next(
+        (n for n, s in statuses.items() if s not in DONE), None
+    )
+    if run_active:
+        status = OnboardingStatus.IN_PROGRESS
+    elif previous_status == OnboardingStatus.CANCELLED:
+        status = OnboardingStatus.CANCELLED
+    elif all(
+        s == StepStatus.COMPLETED or (s == StepStatus.SKIPPED and STEP_BY_NAME[n].optional) for n, s in statuses.items()
+    ):
+        status = OnboardingStatus.COMPLETED
+    elif completed:
+        status = OnboardingStatus.PARTIAL
+    elif all(s == StepStatus.PENDING for s in statuses.values()):
+        status = OnboardingStatus.PENDING
+    else:
+        status = OnboardingStatus.FAILED
+    return Derived(
+        status.value if hasattr(status, "value") else status, current, completed, round(100 * done / TOTAL_STEPS)
+    )
+
+
+class Stale(Exception):
+    """The write came from a run that is no longer in charge."""
+
+
+def onboarding_write(
+    onboarding_id: int,
+    *,
+    run_id,
+    change: Callable[[Onboarding, dict], dict],
+    log: str | None = None,
+    log_step: str = "",
+    log_level: str = StepLog.Level.INFO,
+    log_attempt: int = 0,
+) -> Onboarding:
+    """Lock, fence, change, derive, save, log: atomically. ``change(onboarding, steps)`` gets a deep copy of the
+    normalised step states, may also set run fields on the onboarding, and returns the new step states.
+
+    Raises :class:`Stale` (and writes nothing) when ``run_id`` is not the run in charge.
+    """
+    with transaction.atomic():
+        onboarding = Onboarding.objects.select_for_update().get(pk=onboarding_id)
+        if run_id is not ANY_RUN and onboarding.run_id != (uuid.UUID(str(run_id)) if run_id else None):
+            raise Stale(f"run {run_id} is not in charge of onboarding {onboarding_id} (run {onboarding.run_id} is)")
+        steps = change(onboarding, copy.deepcopy(normalised(onboarding.provisioning_steps)))
+        onboarding.provisioning_steps = steps  # a new object, assigned: never a dict mutated in place
+        derived = derive(steps, run_active=onboarding.run_id is not None, previous_status=onboarding.status)
+        onboarding.status = derived.status
+        onboarding.current_step = derived.current_step
+        onboarding.steps_completed = derived.steps_completed
+        onboarding.progress = derived.progress
+        onboarding.version += 1
+        onboarding.save()
+        if log:
+            StepLog.objects.create(
+                onboarding=onboarding,
+                run_id=onboarding.run_id or (run_id if run_id is not ANY_RUN else None),
+                step=log_step,
+                attempt=log_attempt,
+                level=log_level,
+                message=log,
+            )
+    if log:
+        logger.log(
+            {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}[log_level],
+            log,
+            extra={
+                "tenant": onboarding.tenant_id,
+                "run_id": str(run_id) if run_id not in (None, ANY_RUN) else "",
+                "step": log_step,
+            },
+        )
+    return onboarding
+
+
+def run_end(onboarding: Onboarding, outcome: str) -> None:
+    """Inside :func:`onboarding_write`'s change: the run in charge ends with this outcome."""
+    if onboarding.run_id:
+        ProvisioningRun.objects.filter(pk=onboarding.run_id).update(outcome=outcome, finished_at=timezone.now())
+    onboarding.run_id = None
+    onboarding.finished_at = timezone.now()

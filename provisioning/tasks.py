@@ -1,0 +1,55 @@
+"""One Celery task per step, named after it (Flower shows ``provisioning.step_1_company``).
+
+Tasks are thin: they take ids, and :func:`provisioning.services.step_execute` does the work and records it. A task
+of a run that is no longer in charge does nothing and stops its chain (``Ignore``); a permanently failed required
+step stops the chain by raising :class:`StepFailedError`; a transient error is retried with backoff by
+``self.retry`` (which keeps the rest of the chain attached).
+"""
+
+from celery import shared_task
+from celery.exceptions import Ignore
+from django.conf import settings
+
+from provisioning.services import step_execute
+from provisioning.steps import STEP_NAMES
+
+
+class StepFailedError(Exception):
+    """A required step failed permanently; the state is recorded, the chain stops here."""
+
+
+def _make_step_task(step_name: str):
+    def step_task(self, onboarding_id, run_id, tenant=""):
+        outcome = step_execute(
+            onboarding_id=onboarding_id,
+            run_id=run_id,
+            step_name=step_name,
+            retries=self.request.retries,
+            max_retries=self.max_retries,
+        )
+        if outcome.kind == "stale":
+            raise Ignore()
+        if outcome.kind == "retry":
+            raise self.retry(countdown=outcome.countdown, max_retries=self.max_retries)
+        if outcome.kind == "failed":
+            raise StepFailedError(f"{tenant}: {step_name} failed: {outcome.message}")
+        return {"tenant": tenant, "step": step_name, "outcome": outcome.kind, "detail": outcome.message}
+
+    step_task.__name__ = step_task.__qualname__ = step_name
+    return shared_task(
+        bind=True,
+        name=f"provisioning.{step_name}",
+        # Steps are idempotent, so a message is acknowledged only once the step ran, and a message whose worker died
+        # is redelivered rather than lost.
+        acks_late=True,
+        reject_on_worker_lost=True,
+        max_retries=settings.STEP_MAX_RETRIES,
+        soft_time_limit=settings.STEP_SOFT_TIME_LIMIT,
+        time_limit=settings.STEP_TIME_LIMIT,
+        # An expected outcome, not a crash: logged without a traceback.
+        throws=(StepFailedError,),
+    )(step_task)
+
+
+STEP_TASKS = {name: _make_step_task(name) for name in STEP_NAMES}
+globals().update(STEP_TASKS)
