@@ -9,7 +9,7 @@ def check_production_settings(app_configs, **kwargs):
     if not settings.PRODUCTION:
         return []
     errors = []
-    if not settings.SECRET_KEY:
+    if settings.SECRET_KEY_MISSING:
         errors.append(
             Error(
                 "SECRET_KEY is not set.",

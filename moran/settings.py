@@ -23,7 +23,12 @@ MORAN_ENV = env.str("MORAN_ENV", default="development")
 PRODUCTION = MORAN_ENV == "production"
 
 # In production SECRET_KEY must come from the environment; the system check moran.E001 refuses to start without it.
-SECRET_KEY = env.str("SECRET_KEY", default="" if PRODUCTION else "dev-insecure-key-not-for-production")
+# (Django itself refuses an empty key before any check can speak, so a missing one becomes a random per-process key
+# that signs nothing another process could verify, and is reported by the check.)
+SECRET_KEY = env.str("SECRET_KEY", default="")
+SECRET_KEY_MISSING = not SECRET_KEY
+if SECRET_KEY_MISSING:
+    SECRET_KEY = "dev-insecure-key-not-for-production" if not PRODUCTION else __import__("secrets").token_urlsafe(50)
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])

@@ -52,11 +52,40 @@ class Onboarding(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    #: written only by provisioning.state.onboarding_write, under the row lock.
+    STATE_FIELDS = frozenset(
+        {
+            "status",
+            "current_step",
+            "run_id",
+            "provisioning_steps",
+            "steps_completed",
+            "progress",
+            "version",
+            "started_at",
+            "finished_at",
+        }
+    )
+
     class Meta:
         indexes = [models.Index(fields=["status"]), models.Index(fields=["-updated_at"])]
 
     def __str__(self):
         return f"onboarding of {self.tenant_id}"
+
+    def save(self, *args, **kwargs):
+        # A guard, not logic: an instance read earlier (a status view, an admin form, a shell) and saved later would
+        # write back its stale copy of the step states over a worker's update -- the seeds' bug in another form.
+        # Outside the one writer, state fields are never saved.
+        if not self._state.adding and not getattr(self, "_saving_state", False):
+            fields = kwargs.get("update_fields")
+            if fields is None:
+                fields = [f.name for f in self._meta.concrete_fields if not f.primary_key]
+            fields = [f for f in fields if f not in self.STATE_FIELDS]
+            if not fields:
+                return
+            kwargs["update_fields"] = fields
+        super().save(*args, **kwargs)
 
 
 class ProvisioningRun(models.Model):

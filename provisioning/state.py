@@ -122,6 +122,7 @@ def onboarding_write(
         onboarding.steps_completed = derived.steps_completed
         onboarding.progress = derived.progress
         onboarding.version += 1
+        onboarding._saving_state = True
         onboarding.save()
         if log:
             StepLog.objects.create(
