@@ -63,7 +63,7 @@ def on_commit(django_capture_on_commit_callbacks):
     return run
 
 
-def test_database_url() -> str:
+def worker_database_url() -> str:
     db = settings.DATABASES["default"]
     user = db.get("USER") or "postgres"
     auth = f"{user}:{db['PASSWORD']}@" if db.get("PASSWORD") else f"{user}@"
@@ -83,7 +83,7 @@ class WorkerProcess:
     def env(self) -> dict:
         env = {
             **os.environ,
-            "DATABASE_URL": test_database_url(),
+            "DATABASE_URL": worker_database_url(),
             "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
             "MORAN_PROVISIONING_QUEUE": self.queue,
             "PYTHONUNBUFFERED": "1",
