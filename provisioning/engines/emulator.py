@@ -203,7 +203,9 @@ class Store(Protocol):
 
     def put(self, doctype: str, name: str, doc: dict) -> None: ...
     def remove(self, doctype: str, name: str) -> bool: ...
-    def rows(self, doctype: str) -> list[dict]: ...
+    def rows(self, doctype: str, match: dict | None = None) -> list[dict]:
+        """Every document of the doctype; ``match`` ({field: str}) is a hint the store may use to read fewer."""
+
     def atomic(self):
         """A context in which several writes succeed or fail together."""
 
@@ -234,7 +236,7 @@ class MemoryStore:
         with self._lock:
             return self._docs.pop((doctype, name), None) is not None
 
-    def rows(self, doctype):
+    def rows(self, doctype, match=None):
         with self._lock:
             return [json.loads(json.dumps(d)) for (t, _), d in self._docs.items() if t == doctype]
 
@@ -437,7 +439,9 @@ class ERPNextEmulator:
         fields = self._parse_json(fields, "fields") or ["name"]
         for field in fields:
             self._check_field(doctype, field.split(" as ")[0].strip("`"))
-        rows = [row for row in self.store.rows(doctype) if all(cond(row) for cond in conditions)]
+        parsed = self._parse_json(filters, "filters")
+        match = {f: v for f, v in parsed.items() if isinstance(v, str)} if isinstance(parsed, dict) else {}
+        rows = [row for row in self.store.rows(doctype, match) if all(cond(row) for cond in conditions)]
         if order_by:
             field, _, direction = str(order_by).strip().partition(" ")
             rows.sort(key=lambda r: str(r.get(field.strip("`")) or ""), reverse=direction.strip().lower() == "desc")

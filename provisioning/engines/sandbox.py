@@ -41,8 +41,13 @@ class DatabaseStore:
         deleted, _ = self._docs(doctype).filter(name=name).delete()
         return bool(deleted)
 
-    def rows(self, doctype):
-        return list(self._docs(doctype).order_by("name").values_list("data", flat=True))
+    def rows(self, doctype, match=None):
+        qs = self._docs(doctype)
+        # Plain string equalities (company = X) are pushed down so a list does not read every company's documents;
+        # the emulator still applies every filter itself.
+        for field, value in (match or {}).items():
+            qs = qs.filter(**{f"data__{field}": value})
+        return list(qs.order_by("name").values_list("data", flat=True))
 
     def atomic(self):
         return transaction.atomic()
@@ -59,30 +64,31 @@ class SandboxEngine:
         self.tenant = tenant
         self.step = step
         self.site = ERPNextEmulator(DatabaseStore(connection.name))
+        # The tenant's faults, read once per engine (one engine serves one step attempt); consumed in the database.
+        self._faults = (
+            list(SandboxFault.objects.filter(tenant=tenant).values("id", "step", "kind", "latency_ms"))
+            if tenant
+            else []
+        )
+        self._latency = max(
+            (f["latency_ms"] for f in self._faults if f["kind"] == SandboxFault.Kind.LATENCY), default=0
+        )
 
     # Fault injection -------------------------------------------------------------------------------------------
     def _consume(self, kind: str) -> bool:
         """Take one unit of a fault of this kind for this tenant and step; a conditional UPDATE, so two workers
         cannot both take the last one."""
-        if self.tenant is None or not self.step:
-            return False
-        for fault_id in SandboxFault.objects.filter(
-            tenant=self.tenant, step=self.step, kind=kind, remaining__gt=0
-        ).values_list("id", flat=True):
-            if SandboxFault.objects.filter(id=fault_id, remaining__gt=0).update(remaining=F("remaining") - 1):
-                return True
+        for fault in self._faults:
+            if fault["kind"] == kind and fault["step"] == self.step:
+                if SandboxFault.objects.filter(id=fault["id"], remaining__gt=0).update(remaining=F("remaining") - 1):
+                    return True
         return False
 
     def _before_call(self):
-        if self.tenant is None:
+        if not self._faults:
             return
-        latency = (
-            SandboxFault.objects.filter(tenant=self.tenant, kind=SandboxFault.Kind.LATENCY)
-            .values_list("latency_ms", flat=True)
-            .first()
-        )
-        if latency:
-            time.sleep(latency / 1000)
+        if self._latency:
+            time.sleep(self._latency / 1000)
         if self._consume(SandboxFault.Kind.TRANSIENT):
             raise EngineTransientError(
                 f"Service Unavailable: sandbox engine '{self.name}' injected a transient fault", status=503
