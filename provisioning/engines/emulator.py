@@ -143,6 +143,12 @@ FIELDS: dict[str, set[str]] = {
         "hide_descendants",
     },
     "Role": {"role_name"},
+    "Global Defaults": {"default_company", "default_currency", "country"},
+    # Made with every company on a real site; known here so that counts and lists of them answer as they do there.
+    "Department": {"department_name", "parent_department", "company", "is_group", "lft", "rgt"},
+    "Sales Taxes and Charges Template": {"title", "company", "is_default"},
+    "Purchase Taxes and Charges Template": {"title", "company", "is_default"},
+    "Item Tax Template": {"title", "company"},
     "Currency": {"currency_name", "enabled"},
     "System Settings": {"setup_complete", "time_zone", "country"},
 }
@@ -279,10 +285,28 @@ def _check_flag(value, message):
 class ERPNextEmulator:
     """ERPNext semantics over a store. Methods mirror the REST API and raise the engine error family."""
 
-    def __init__(self, store: Store, *, user: str = "Administrator", today: dt.date | None = None):
+    def __init__(
+        self,
+        store: Store,
+        *,
+        user: str = "Administrator",
+        today: dt.date | None = None,
+        default_company: dict | None = None,
+        fiscal_years: tuple[str, ...] = (),
+    ):
+        """``default_company`` (company_name, abbr, default_currency, country) is the company the setup wizard made,
+        the API user's default; ``fiscal_years``: calendar-year labels that exist with no company rows. Both apply
+        only when the store is bootstrapped (a new site)."""
         self.store = store
         self.user = user
         self._today = today
+        self._seed_company = default_company or {
+            "company_name": DEFAULT_COMPANY,
+            "abbr": DEFAULT_ABBR,
+            "default_currency": "USD",
+            "country": "United States",
+        }
+        self._seed_years = tuple(fiscal_years)
         self.ensure_site()
 
     # --- site bootstrap ------------------------------------------------------------------------------------------
@@ -318,14 +342,20 @@ class ERPNextEmulator:
         )
         for doctype, (name_field, parent_field, root) in GROUP_ROOTS.items():
             self._add_raw(doctype, root, {name_field: root, parent_field: "", "is_group": 1})
-        self._create_company(
+        company = self._create_company(dict(self._seed_company))
+        self._add_raw(
+            "Global Defaults",
+            "Global Defaults",
             {
-                "company_name": DEFAULT_COMPANY,
-                "abbr": DEFAULT_ABBR,
-                "default_currency": "USD",
-                "country": "United States",
-            }
+                "default_company": company["name"],
+                "default_currency": company["default_currency"],
+                "country": company["country"],
+            },
         )
+        for label in self._seed_years:
+            self._create_fiscal_year(
+                {"year": label, "year_start_date": f"{label}-01-01", "year_end_date": f"{label}-12-31"}
+            )
 
     def set_setup_complete(self, complete: bool) -> None:
         doc = self.store.get("System Settings", "System Settings")
@@ -548,7 +578,8 @@ class ERPNextEmulator:
     def _company_for(self, doc, doctype):
         # A missing or null company is filled from the user's default company, as ERPNext does; "" is refused.
         if "company" not in doc or doc["company"] is None:
-            doc["company"] = DEFAULT_COMPANY
+            defaults = self.store.get("Global Defaults", "Global Defaults") or {}
+            doc["company"] = defaults.get("default_company") or DEFAULT_COMPANY
         if doc["company"] == "":
             raise EngineValidationError(
                 f"Error: Value missing for {doctype}: Company", status=417, exc_type="MandatoryError"
