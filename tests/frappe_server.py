@@ -97,7 +97,9 @@ def _server_messages(*messages: dict) -> str:
     return json.dumps([json.dumps(m) for m in messages])
 
 
-def _message(text: str, *, title: str = "Message") -> dict:
+def _message(text: str, *, title: str = "Message", exc_type: str = "") -> dict:
+    if exc_type == "MandatoryError":  # Frappe sends the missing-value message without an indicator
+        return {"message": text, "title": title}
     return {
         "message": text,
         "title": title,
@@ -262,7 +264,11 @@ class FrappeTestServer:
                 raise Reply(401, {"errors": [{"type": "AuthenticationError", "exception": _elided(10)}]})
             raise Reply(
                 401,
-                {"exception": "frappe.exceptions.AuthenticationError", "exc_type": "AuthenticationError", "exc": _elided(10)},
+                {
+                    "exception": "frappe.exceptions.AuthenticationError",
+                    "exc_type": "AuthenticationError",
+                    "exc": _elided(10),
+                },
             )
         return None
 
@@ -288,7 +294,9 @@ class FrappeTestServer:
             if method == "PUT":
                 changes = self._body(headers, body)
                 if not isinstance(changes, dict):
-                    raise EngineBadRequestError("'list' object has no attribute 'items'", status=500, exc_type="TypeError")
+                    raise EngineBadRequestError(
+                        "'list' object has no attribute 'items'", status=500, exc_type="TypeError"
+                    )
                 return 200, self._wrap(site.update(doctype, name, changes), version)
             if method == "DELETE":
                 site.delete(doctype, name)
@@ -378,7 +386,9 @@ class FrappeTestServer:
                     {"message": message, "title": "Duplicate Name", "indicator": "red"}
                 )
                 return body
-        body["_server_messages"] = _server_messages(*[_message(m) for m in (*extra_messages, message)])
+        body["_server_messages"] = _server_messages(
+            *[_message(m, exc_type=exc_type) for m in (*extra_messages, message)]
+        )
         return body
 
     def _error_reply(self, exc: EngineError, method: str, version: int) -> Reply:
@@ -388,7 +398,8 @@ class FrappeTestServer:
             if status != 404:
                 error["exception"] = _elided()
             if not (status == 404 and method == "DELETE"):
-                error.update(message=exc.message, title="Message", indicator="red")
+                rendered = _message(exc.message, exc_type=exc.exc_type)
+                error.update({k: rendered[k] for k in ("message", "title", "indicator") if k in rendered})
             return Reply(status, {"errors": [error]})
         if status == 404:
             body = {"exc_type": "DoesNotExistError"}
@@ -417,7 +428,11 @@ class FrappeTestServer:
         if method == "POST":
             return Reply(
                 403,
-                {"exc_type": "PermissionError", "_server_messages": message, "_error_message": f"No permission for {doctype}"},
+                {
+                    "exc_type": "PermissionError",
+                    "_server_messages": message,
+                    "_error_message": f"No permission for {doctype}",
+                },
             )
         body = {
             "exception": "frappe.exceptions.PermissionError",

@@ -124,9 +124,7 @@ class FrappeClient:
         self._secret = api_secret  # kept only to scrub it from any text that might echo it
         self.session = requests.Session()
         self.session.verify = verify_tls
-        self.session.headers.update(
-            {"Authorization": f"token {api_key}:{api_secret}", "Accept": "application/json"}
-        )
+        self.session.headers.update({"Authorization": f"token {api_key}:{api_secret}", "Accept": "application/json"})
 
     def __repr__(self):
         return f"<FrappeClient {self.name} {self.base_url}>"
@@ -229,7 +227,9 @@ class FrappeClient:
         status = response.status_code
         body = body if isinstance(body, dict) else {}
         exc_type = body.get("exc_type") or None
-        messages = server_messages(body) or ([strip_html(str(body["_error_message"]))] if body.get("_error_message") else [])
+        messages = server_messages(body) or (
+            [strip_html(str(body["_error_message"]))] if body.get("_error_message") else []
+        )
         detail = "; ".join(messages)
         if not detail and body.get("exception") and status >= 500:
             detail = _exception_line(body)
