@@ -360,14 +360,14 @@ class FrappeTestServer:
             try:
                 return json.loads(text) if text else {}
             except json.JSONDecodeError as exc:
-                raise EngineBadRequestError(str(exc), status=500, exc_type="JSONDecodeError")
+                raise EngineBadRequestError(str(exc), status=500, exc_type="JSONDecodeError") from None
         if content_type == "application/x-www-form-urlencoded":
             form = dict(parse_qsl(text, keep_blank_values=True))
             if "data" in form:
                 try:
                     return json.loads(form["data"])
                 except json.JSONDecodeError as exc:
-                    raise EngineBadRequestError(str(exc), status=500, exc_type="JSONDecodeError")
+                    raise EngineBadRequestError(str(exc), status=500, exc_type="JSONDecodeError") from None
             return form
         return {}  # Frappe ignores a body it cannot read (text/plain): the document is empty
 

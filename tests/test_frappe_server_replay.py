@@ -168,10 +168,10 @@ def test_it_answers_every_recorded_exchange_like_erpnext(lab):
             partner = json.loads((RECORDINGS / name).read_text())[CONCURRENT[key]]
             results: list = [None, None]
 
-            def run(i, ex):
-                results[i] = observed(replayer.send(ex["request"]))
+            def run(i, ex, out):
+                out[i] = observed(replayer.send(ex["request"]))
 
-            threads = [threading.Thread(target=run, args=(i, ex)) for i, ex in enumerate((first, partner))]
+            threads = [threading.Thread(target=run, args=(i, ex, results)) for i, ex in enumerate((first, partner))]
             for thread in threads:
                 thread.start()
             for thread in threads:
