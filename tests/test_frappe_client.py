@@ -271,3 +271,24 @@ def test_it_is_the_engine_of_an_erpnext_connection(server):
     assert engine.call("frappe.auth.get_logged_user") == "Administrator"
     assert engine_for(connection).client is engine.client  # one pooled session per connection and process
     assert server.api_secret not in repr(engine)
+
+
+def test_it_filters_on_a_child_table_and_pages_in_a_qualified_name_order(server):
+    # given: two years listing Lab Co, one for every company
+    client = client_of(server)
+    for year in ("2031", "2032"):
+        client.insert(
+            "Fiscal Year",
+            {
+                "year": year,
+                "year_start_date": f"{year}-01-01",
+                "year_end_date": f"{year}-12-31",
+                "companies": [{"company": "Lab Co"}],
+            },
+        )
+    # when
+    rows = client.get_list("Fiscal Year", filters=[["Fiscal Year Company", "company", "=", "Lab Co"]], page_length=1)
+    # then
+    assert [row["name"] for row in rows] == ["2031", "2032"]
+    sent = [r for r in server.requests if r.path == "/api/resource/Fiscal Year" and r.method == "GET"]
+    assert len(sent) == 3

@@ -554,8 +554,12 @@ class ERPNextEmulator:
             self._check_field(doctype, field.split(" as ")[0].strip("`"))
         rows = [row for row in self.store.rows(doctype) if all(cond(row) for cond in conditions)]
         if order_by:
-            field, _, direction = str(order_by).strip().partition(" ")
-            rows.sort(key=lambda r: str(r.get(field.strip("`")) or ""), reverse=direction.strip().lower() == "desc")
+            # "field [asc|desc]", the field possibly qualified as Frappe writes it: `tabCost Center`.`name` desc
+            match = re.fullmatch(r"\s*(?:`tab[^`]+`\.)?`?(\w+)`?(?:\s+(asc|desc))?\s*", str(order_by), re.IGNORECASE)
+            if match is None:
+                raise EngineValidationError(f"Invalid order_by: {order_by}", status=417, exc_type="ValidationError")
+            field, direction = match[1], (match[2] or "asc").lower()
+            rows.sort(key=lambda r: _sort_key(r.get(field)), reverse=direction == "desc")
         else:
             rows.sort(key=lambda r: r["name"])
         rows = rows[int(start or 0) :]
@@ -1107,6 +1111,13 @@ def _compare(actual, op, expected) -> bool:
         raise EngineValidationError(
             f"Operator must be one of =, !=, <, <=, >, >=, like, in, is: {op}", status=417, exc_type="ValidationError"
         )
+
+
+def _sort_key(value):
+    # Numbers before text, each in its own order, so a column of mixed types still sorts (as SQL would).
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value, "")
+    return (1, 0, "" if value is None else str(value))
 
 
 def _normalise(value):

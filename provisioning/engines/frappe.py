@@ -158,12 +158,14 @@ class FrappeClient:
         """Rows of a doctype. ``limit=0`` pages through all of them (``limit_start`` / ``limit_page_length``);
         without an ``order_by`` the REST list sends no ORDER BY, so paging orders by name to stay stable."""
         params = {"fields": fields or ["name"]}
+        # Qualified as Frappe itself writes it, so that a child-table filter's join leaves it unambiguous.
+        by_name = f"`tab{doctype}`.`name` asc"
         if filters:
             params["filters"] = filters
         if limit:
-            params.update(limit_page_length=limit, order_by=order_by or "name asc")
+            params.update(limit_page_length=limit, order_by=order_by or by_name)
             return self._request("GET", _doc_path(doctype), params=_encode(params))["data"]
-        params["order_by"] = order_by or "name asc"
+        params["order_by"] = order_by or by_name
         rows: list[dict] = []
         while True:
             page = self._request(
