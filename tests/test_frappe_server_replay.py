@@ -22,9 +22,8 @@ import requests
 
 from tests.frappe_server import LAB_COMPANY, FrappeTestServer
 
-RECORDINGS = Path(os.environ.get("MORAN_ERPNEXT_RECORDINGS", "/work/shared/erpnext-recordings"))
-if not RECORDINGS.is_dir():  # a checkout elsewhere keeps them next to the project
-    RECORDINGS = Path(__file__).resolve().parent.parent.parent / "shared" / "erpnext-recordings"
+# A copy of shared/erpnext-recordings, kept with the tests so that a fresh clone (CI) replays them too.
+RECORDINGS = Path(os.environ.get("MORAN_ERPNEXT_RECORDINGS") or Path(__file__).resolve().parent / "erpnext_recordings")
 
 #: Exchanges that cannot be reproduced, with the reason. Keep this short.
 SKIP = {
