@@ -120,3 +120,19 @@ def test_a_retry_creates_no_duplicates_in_the_engine(worker, frappe, lab_engine)
     assert all(onboarding.provisioning_steps[name]["attempts"] == 2 for name in STEP_NAMES)
     assert [r for r in frappe.requests[before:] if r.method != "GET"] == []
     assert {doctype: len(frappe.docs(doctype)) for doctype in docs_before} == docs_before
+
+
+def test_it_waits_out_a_rate_limit_and_a_database_deadlock(worker, frappe, lab_engine):
+    # given: a 429 asking for a 1.5 s pause at the admin user, a deadlock 500 at the user permission
+    tenant = make_tenant(engine=lab_engine)
+    frappe.inject(429, times=1, doctype="User", retry_after="1.5")
+    frappe.inject(500, times=1, doctype="User Permission", exc_type="QueryDeadlockError", message="Deadlock found")
+    # when
+    onboarding_start(onboarding=tenant.onboarding)
+    # then
+    onboarding = wait_for_status(tenant.onboarding, OnboardingStatus.COMPLETED)
+    steps = onboarding.provisioning_steps
+    assert (steps["step_7_admin_user"]["attempts"], steps["step_8_user_permissions"]["attempts"]) == (2, 2)
+    retries = [log.message for log in onboarding.logs.filter(step="step_7_admin_user", level="warning")]
+    assert len(retries) == 1 and "TooManyRequestsError" in retries[0]
+    assert float(retries[0].rsplit("retrying in ", 1)[1].split(" ")[0]) >= 1.5
