@@ -158,6 +158,11 @@ class FrappeTestServer:
                     app._sockets.add(sock)
                 return sock, addr
 
+            def shutdown_request(self, request):
+                with app._lock:
+                    app._sockets.discard(request)
+                super().shutdown_request(request)
+
         self._httpd = Server(("127.0.0.1", self.port or 0), Handler)
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="frappe-test-server", daemon=True)
@@ -446,6 +451,8 @@ class FrappeTestServer:
 
     def _fault_reply(self, fault: Fault, version: int) -> Reply:
         headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+        if fault.status < 300:  # a base URL that is a website, not a Frappe site: a page, not JSON
+            return Reply(fault.status, b"<html><body>Welcome</body></html>", headers, content_type="text/html")
         if fault.status in (502, 503, 504) and fault.exc_type is None:
             # What a proxy in front of gunicorn answers: an HTML page.
             page = f"<html><body><h1>{fault.status} Service Unavailable</h1></body></html>".encode()

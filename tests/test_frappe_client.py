@@ -292,3 +292,22 @@ def test_it_filters_on_a_child_table_and_pages_in_a_qualified_name_order(server)
     assert [row["name"] for row in rows] == ["2031", "2032"]
     sent = [r for r in server.requests if r.path == "/api/resource/Fiscal Year" and r.method == "GET"]
     assert len(sent) == 3
+
+
+def test_it_says_when_a_url_is_not_a_frappe_site(server):
+    # given: the base URL answers with a web page
+    server.inject(200, path_contains="/api/method/ping")
+    # when
+    with pytest.raises(EngineBadRequestError) as info:
+        client_of(server).call("ping")
+    # then
+    assert info.value.message == (
+        f"engine 'lab' answered GET /api/method/ping with something that is not Frappe's JSON (HTTP 200): "
+        f"is {server.url} an ERPNext site?"
+    )
+
+
+def test_a_404_without_a_message_still_names_its_type(server):
+    with pytest.raises(EngineNotFoundError) as info:
+        client_of(server).delete("Price List", "No Such Price List")
+    assert info.value.message == "DoesNotExistError (HTTP 404)"

@@ -223,8 +223,14 @@ class FrappeClient:
             body = response.json()
         except ValueError:
             body = None
-        if response.status_code < 300 and isinstance(body, dict):
-            return body
+        if response.status_code < 300:
+            if isinstance(body, dict):
+                return body
+            raise EngineBadRequestError(
+                f"engine '{self.name}' answered {method} {path} with something that is not Frappe's JSON "
+                f"(HTTP {response.status_code}): is {self.base_url} an ERPNext site?",
+                status=response.status_code,
+            )
         raise self._error(response, body)
 
     def _error(self, response: requests.Response, body: Any) -> EngineError:
@@ -239,7 +245,7 @@ class FrappeClient:
             detail = _exception_line(body)
         if not detail and not body:
             detail = f"HTTP {status} {response.reason or ''}".strip() + " (not a JSON response)"
-        detail = self._scrub(detail or f"HTTP {status}")
+        detail = self._scrub(detail or (f"{exc_type} (HTTP {status})" if exc_type else f"HTTP {status}"))
         where = f"engine '{self.name}'"
         kwargs = {"status": status, "exc_type": exc_type}
         if status in (401, 403):
