@@ -23,6 +23,7 @@ import pytest
 from django.conf import settings
 
 from celery_app import app as celery_app
+from tests.erpnext_fixtures import frappe, lab_engine  # noqa: F401 - the erpnext engine's fixtures, for every test
 
 ROOT = Path(__file__).resolve().parent.parent
 

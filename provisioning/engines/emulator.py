@@ -143,6 +143,12 @@ FIELDS: dict[str, set[str]] = {
         "hide_descendants",
     },
     "Role": {"role_name"},
+    "Global Defaults": {"default_company", "default_currency", "country"},
+    # Made with every company on a real site; known here so that counts and lists of them answer as they do there.
+    "Department": {"department_name", "parent_department", "company", "is_group", "lft", "rgt"},
+    "Sales Taxes and Charges Template": {"title", "company", "is_default"},
+    "Purchase Taxes and Charges Template": {"title", "company", "is_default"},
+    "Item Tax Template": {"title", "company"},
     "Currency": {"currency_name", "enabled"},
     "System Settings": {"setup_complete", "time_zone", "country"},
 }
@@ -157,27 +163,91 @@ GROUP_ROOTS = {
     "Item Group": ("item_group_name", "parent_item_group", "All Item Groups"),
 }
 
-# The chart a new company gets: (account_name, parent account_name or None, is_group, root_type, account_type).
+# The chart a new company gets (ERPNext's "Standard" template, without a country's tax accounts):
+# (account_name, parent account_name or None, is_group, root_type, account_type).
+_G, _L = 1, 0
 STANDARD_CHART = (
-    ("Application of Funds (Assets)", None, 1, "Asset", ""),
-    ("Current Assets", "Application of Funds (Assets)", 1, "Asset", ""),
-    ("Cash", "Current Assets", 0, "Asset", "Cash"),
-    ("Debtors", "Current Assets", 0, "Asset", "Receivable"),
-    ("Stock In Hand", "Current Assets", 0, "Asset", "Stock"),
-    ("Source of Funds (Liabilities)", None, 1, "Liability", ""),
-    ("Current Liabilities", "Source of Funds (Liabilities)", 1, "Liability", ""),
-    ("Creditors", "Current Liabilities", 0, "Liability", "Payable"),
-    ("Stock Received But Not Billed", "Current Liabilities", 0, "Liability", "Stock Received But Not Billed"),
-    ("Equity", None, 1, "Equity", ""),
-    ("Capital Stock", "Equity", 0, "Equity", "Equity"),
-    ("Income", None, 1, "Income", ""),
-    ("Sales", "Income", 0, "Income", "Income Account"),
-    ("Expenses", None, 1, "Expense", ""),
-    ("Cost of Goods Sold", "Expenses", 0, "Expense", "Cost of Goods Sold"),
-    ("Stock Adjustment", "Expenses", 0, "Expense", "Stock Adjustment"),
-    ("Write Off", "Expenses", 0, "Expense", ""),
-    ("Round Off", "Expenses", 0, "Expense", "Round Off"),
-    ("Exchange Gain/Loss", "Expenses", 0, "Expense", ""),
+    ("Application of Funds (Assets)", None, _G, "Asset", ""),
+    ("Current Assets", "Application of Funds (Assets)", _G, "Asset", ""),
+    ("Accounts Receivable", "Current Assets", _G, "Asset", ""),
+    ("Debtors", "Accounts Receivable", _L, "Asset", "Receivable"),
+    ("Bank Accounts", "Current Assets", _G, "Asset", "Bank"),
+    ("Cash In Hand", "Current Assets", _G, "Asset", "Cash"),
+    ("Cash", "Cash In Hand", _L, "Asset", "Cash"),
+    ("Loans and Advances (Assets)", "Current Assets", _G, "Asset", ""),
+    ("Employee Advances", "Loans and Advances (Assets)", _L, "Asset", ""),
+    ("Securities and Deposits", "Current Assets", _G, "Asset", ""),
+    ("Earnest Money", "Securities and Deposits", _L, "Asset", ""),
+    ("Stock Assets", "Current Assets", _G, "Asset", "Stock"),
+    ("Stock In Hand", "Stock Assets", _L, "Asset", "Stock"),
+    ("Tax Assets", "Current Assets", _G, "Asset", ""),
+    ("Fixed Assets", "Application of Funds (Assets)", _G, "Asset", ""),
+    ("Capital Equipments", "Fixed Assets", _L, "Asset", "Fixed Asset"),
+    ("Electronic Equipments", "Fixed Assets", _L, "Asset", "Fixed Asset"),
+    ("Furnitures and Fixtures", "Fixed Assets", _L, "Asset", "Fixed Asset"),
+    ("Office Equipments", "Fixed Assets", _L, "Asset", "Fixed Asset"),
+    ("Plants and Machineries", "Fixed Assets", _L, "Asset", "Fixed Asset"),
+    ("Buildings", "Fixed Assets", _L, "Asset", "Fixed Asset"),
+    ("Softwares", "Fixed Assets", _L, "Asset", "Fixed Asset"),
+    ("Accumulated Depreciation", "Fixed Assets", _L, "Asset", "Accumulated Depreciation"),
+    ("CWIP Account", "Fixed Assets", _L, "Asset", "Capital Work in Progress"),
+    ("Investments", "Application of Funds (Assets)", _G, "Asset", ""),
+    ("Temporary Accounts", "Application of Funds (Assets)", _G, "Asset", ""),
+    ("Temporary Opening", "Temporary Accounts", _L, "Asset", "Temporary"),
+    ("Source of Funds (Liabilities)", None, _G, "Liability", ""),
+    ("Current Liabilities", "Source of Funds (Liabilities)", _G, "Liability", ""),
+    ("Accounts Payable", "Current Liabilities", _G, "Liability", ""),
+    ("Creditors", "Accounts Payable", _L, "Liability", "Payable"),
+    ("Payroll Payable", "Accounts Payable", _L, "Liability", ""),
+    ("Stock Liabilities", "Current Liabilities", _G, "Liability", ""),
+    ("Stock Received But Not Billed", "Stock Liabilities", _L, "Liability", "Stock Received But Not Billed"),
+    ("Asset Received But Not Billed", "Stock Liabilities", _L, "Liability", "Asset Received But Not Billed"),
+    ("Duties and Taxes", "Current Liabilities", _G, "Liability", "Tax"),
+    ("Loans (Liabilities)", "Current Liabilities", _G, "Liability", ""),
+    ("Secured Loans", "Loans (Liabilities)", _L, "Liability", ""),
+    ("Unsecured Loans", "Loans (Liabilities)", _L, "Liability", ""),
+    ("Bank Overdraft Account", "Loans (Liabilities)", _L, "Liability", ""),
+    ("Equity", None, _G, "Equity", ""),
+    ("Capital Stock", "Equity", _L, "Equity", "Equity"),
+    ("Dividends Paid", "Equity", _L, "Equity", "Equity"),
+    ("Opening Balance Equity", "Equity", _L, "Equity", "Equity"),
+    ("Retained Earnings", "Equity", _L, "Equity", "Equity"),
+    ("Revaluation Surplus", "Equity", _L, "Equity", "Equity"),
+    ("Income", None, _G, "Income", ""),
+    ("Direct Income", "Income", _G, "Income", "Income Account"),
+    ("Sales", "Direct Income", _L, "Income", "Income Account"),
+    ("Service", "Direct Income", _L, "Income", "Income Account"),
+    ("Indirect Income", "Income", _G, "Income", "Income Account"),
+    ("Expenses", None, _G, "Expense", ""),
+    ("Direct Expenses", "Expenses", _G, "Expense", "Expense Account"),
+    ("Stock Expenses", "Direct Expenses", _G, "Expense", "Expense Account"),
+    ("Cost of Goods Sold", "Stock Expenses", _L, "Expense", "Cost of Goods Sold"),
+    ("Expenses Included In Asset Valuation", "Stock Expenses", _L, "Expense", "Expenses Included In Asset Valuation"),
+    ("Expenses Included In Valuation", "Stock Expenses", _L, "Expense", "Expenses Included In Valuation"),
+    ("Stock Adjustment", "Stock Expenses", _L, "Expense", "Stock Adjustment"),
+    ("Indirect Expenses", "Expenses", _G, "Expense", "Expense Account"),
+    ("Administrative Expenses", "Indirect Expenses", _L, "Expense", "Expense Account"),
+    ("Commission on Sales", "Indirect Expenses", _L, "Expense", "Expense Account"),
+    ("Depreciation", "Indirect Expenses", _L, "Expense", "Depreciation"),
+    ("Entertainment Expenses", "Indirect Expenses", _L, "Expense", "Expense Account"),
+    ("Exchange Gain/Loss", "Indirect Expenses", _L, "Expense", ""),
+    ("Freight and Forwarding Charges", "Indirect Expenses", _L, "Expense", "Chargeable"),
+    ("Gain/Loss on Asset Disposal", "Indirect Expenses", _L, "Expense", ""),
+    ("Impairment", "Indirect Expenses", _L, "Expense", ""),
+    ("Legal Expenses", "Indirect Expenses", _L, "Expense", "Expense Account"),
+    ("Marketing Expenses", "Indirect Expenses", _L, "Expense", "Chargeable"),
+    ("Miscellaneous Expenses", "Indirect Expenses", _L, "Expense", "Chargeable"),
+    ("Office Maintenance Expenses", "Indirect Expenses", _L, "Expense", "Expense Account"),
+    ("Office Rent", "Indirect Expenses", _L, "Expense", "Expense Account"),
+    ("Postal Expenses", "Indirect Expenses", _L, "Expense", "Expense Account"),
+    ("Print and Stationery", "Indirect Expenses", _L, "Expense", "Expense Account"),
+    ("Round Off", "Indirect Expenses", _L, "Expense", "Round Off"),
+    ("Salary", "Indirect Expenses", _L, "Expense", "Expense Account"),
+    ("Sales Expenses", "Indirect Expenses", _L, "Expense", "Expense Account"),
+    ("Telephone Expenses", "Indirect Expenses", _L, "Expense", "Expense Account"),
+    ("Travel Expenses", "Indirect Expenses", _L, "Expense", "Expense Account"),
+    ("Utility Expenses", "Indirect Expenses", _L, "Expense", "Expense Account"),
+    ("Write Off", "Indirect Expenses", _L, "Expense", ""),
 )
 ROOT_ACCOUNTS = {row[3]: row[0] for row in STANDARD_CHART if row[1] is None}
 DEFAULT_WAREHOUSES = (
@@ -186,6 +256,22 @@ DEFAULT_WAREHOUSES = (
     ("Work In Progress", "All Warehouses", 0, ""),
     ("Finished Goods", "All Warehouses", 0, ""),
     ("Goods In Transit", "All Warehouses", 0, "Transit"),
+)
+
+DEFAULT_DEPARTMENTS = (
+    "Accounts",
+    "Marketing",
+    "Sales",
+    "Purchase",
+    "Operations",
+    "Production",
+    "Dispatch",
+    "Customer Service",
+    "Human Resources",
+    "Management",
+    "Quality Management",
+    "Research & Development",
+    "Legal",
 )
 
 DEFAULT_COMPANY = "Moran Sandbox"
@@ -281,10 +367,28 @@ def _check_flag(value, message):
 class ERPNextEmulator:
     """ERPNext semantics over a store. Methods mirror the REST API and raise the engine error family."""
 
-    def __init__(self, store: Store, *, user: str = "Administrator", today: dt.date | None = None):
+    def __init__(
+        self,
+        store: Store,
+        *,
+        user: str = "Administrator",
+        today: dt.date | None = None,
+        default_company: dict | None = None,
+        fiscal_years: tuple[str, ...] = (),
+    ):
+        """``default_company`` (company_name, abbr, default_currency, country) is the company the setup wizard made,
+        the API user's default; ``fiscal_years``: calendar-year labels that exist with no company rows. Both apply
+        only when the store is bootstrapped (a new site)."""
         self.store = store
         self.user = user
         self._today = today
+        self._seed_company = default_company or {
+            "company_name": DEFAULT_COMPANY,
+            "abbr": DEFAULT_ABBR,
+            "default_currency": "USD",
+            "country": "United States",
+        }
+        self._seed_years = tuple(fiscal_years)
         self.ensure_site()
 
     # --- site bootstrap ------------------------------------------------------------------------------------------
@@ -320,14 +424,25 @@ class ERPNextEmulator:
         )
         for doctype, (name_field, parent_field, root) in GROUP_ROOTS.items():
             self._add_raw(doctype, root, {name_field: root, parent_field: "", "is_group": 1})
-        self._create_company(
-            {
-                "company_name": DEFAULT_COMPANY,
-                "abbr": DEFAULT_ABBR,
-                "default_currency": "USD",
-                "country": "United States",
-            }
+        self._add_raw(
+            "Department",
+            "All Departments",
+            {"department_name": "All Departments", "parent_department": "", "company": "", "is_group": 1},
         )
+        company = self._create_company(dict(self._seed_company))
+        self._add_raw(
+            "Global Defaults",
+            "Global Defaults",
+            {
+                "default_company": company["name"],
+                "default_currency": company["default_currency"],
+                "country": company["country"],
+            },
+        )
+        for label in self._seed_years:
+            self._create_fiscal_year(
+                {"year": label, "year_start_date": f"{label}-01-01", "year_end_date": f"{label}-12-31"}
+            )
 
     def set_setup_complete(self, complete: bool) -> None:
         doc = self.store.get("System Settings", "System Settings")
@@ -443,8 +558,12 @@ class ERPNextEmulator:
         match = {f: v for f, v in parsed.items() if isinstance(v, str)} if isinstance(parsed, dict) else {}
         rows = [row for row in self.store.rows(doctype, match) if all(cond(row) for cond in conditions)]
         if order_by:
-            field, _, direction = str(order_by).strip().partition(" ")
-            rows.sort(key=lambda r: str(r.get(field.strip("`")) or ""), reverse=direction.strip().lower() == "desc")
+            # "field [asc|desc]", the field possibly qualified as Frappe writes it: `tabCost Center`.`name` desc
+            match = re.fullmatch(r"\s*(?:`tab[^`]+`\.)?`?(\w+)`?(?:\s+(asc|desc))?\s*", str(order_by), re.IGNORECASE)
+            if match is None:
+                raise EngineValidationError(f"Invalid order_by: {order_by}", status=417, exc_type="ValidationError")
+            field, direction = match[1], (match[2] or "asc").lower()
+            rows.sort(key=lambda r: _sort_key(r.get(field)), reverse=direction == "desc")
         else:
             rows.sort(key=lambda r: r["name"])
         rows = rows[int(start or 0) :]
@@ -552,7 +671,8 @@ class ERPNextEmulator:
     def _company_for(self, doc, doctype):
         # A missing or null company is filled from the user's default company, as ERPNext does; "" is refused.
         if "company" not in doc or doc["company"] is None:
-            doc["company"] = DEFAULT_COMPANY
+            defaults = self.store.get("Global Defaults", "Global Defaults") or {}
+            doc["company"] = defaults.get("default_company") or DEFAULT_COMPANY
         if doc["company"] == "":
             raise EngineValidationError(
                 f"Error: Value missing for {doctype}: Company", status=417, exc_type="MandatoryError"
@@ -631,6 +751,19 @@ class ERPNextEmulator:
                 "disabled": 0,
             },
         )
+        for department in DEFAULT_DEPARTMENTS:
+            if self.store.get("Department", "All Departments") is None:
+                break  # a site bootstrapped before departments were emulated
+            self._add_raw(
+                "Department",
+                f"{department} - {abbr}",
+                {
+                    "department_name": department,
+                    "parent_department": "All Departments",
+                    "company": name,
+                    "is_group": 0,
+                },
+            )
         for wh_name, parent, is_group, wh_type in DEFAULT_WAREHOUSES:
             self._add_raw(
                 "Warehouse",
@@ -982,6 +1115,13 @@ def _compare(actual, op, expected) -> bool:
         raise EngineValidationError(
             f"Operator must be one of =, !=, <, <=, >, >=, like, in, is: {op}", status=417, exc_type="ValidationError"
         )
+
+
+def _sort_key(value):
+    # Numbers before text, each in its own order, so a column of mixed types still sorts (as SQL would).
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value, "")
+    return (1, 0, "" if value is None else str(value))
 
 
 def _normalise(value):

@@ -1,6 +1,11 @@
 """Provision a tenant from a terminal, with a progress display per step while it waits.
 
 Exit codes: 0 COMPLETED; 1 PARTIAL, FAILED, CANCELLED or still running at --timeout; 2 bad input (one line on stderr).
+
+Read-only modes (they run the steps' ``look`` only and write nothing: not the engine, not the onboarding):
+``--plan`` prints step by step what a run would create or change (exit 0; 1 when a step could not be looked at);
+``--verify`` checks a tenant against its engine, per step present / missing / different (exit 0 when nothing drifted,
+1 otherwise). ``--create --plan`` creates the tenant record only, without provisioning it, then plans.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 
 from moran.errors import DomainError
+from provisioning.drift import PRESENT, drifted, tenant_plan, tenant_verify
 from provisioning.models import Onboarding, OnboardingStatus, SandboxFault
 from provisioning.selectors import onboarding_status
 from provisioning.services import onboarding_continue, onboarding_retry, onboarding_start
@@ -56,6 +62,12 @@ class Command(BaseCommand):
             "--continue", action="store_true", dest="continue_", help="resume from the first incomplete step"
         )
         action.add_argument("--retry", action="store_true", help="run every step again from step 0")
+        action.add_argument(
+            "--plan", action="store_true", help="print what a run would create or change; writes nothing"
+        )
+        action.add_argument(
+            "--verify", action="store_true", help="check the tenant against its engine: present, missing, different"
+        )
         parser.add_argument("--no-wait", action="store_true", help="return once the run is enqueued")
         parser.add_argument(
             "--timeout", type=float, default=900, help="seconds to wait for the end (default %(default)s)"
@@ -74,7 +86,11 @@ class Command(BaseCommand):
         sys.exit(code)
 
     def _handle(self, opts) -> int:
+        if opts["verify"] and opts["create"]:
+            raise BadInput("--verify checks an existing tenant: drop --create")
         tenant = self._tenant(opts)
+        if opts["plan"] or opts["verify"]:
+            return self._read_only(tenant, verify=opts["verify"])
         self._faults(tenant, opts)
         onboarding = Onboarding.objects.get(tenant=tenant)
         who = "cli"
@@ -139,6 +155,36 @@ class Command(BaseCommand):
                 raise BadInput(f"--{flag.replace('_', '-')} is only used with --create")
         return tenant_get(identifier=opts["slug"])
 
+    def _read_only(self, tenant, *, verify: bool) -> int:
+        engine = tenant.engine
+        self.stdout.write(
+            f"{'verify' if verify else 'plan for'} tenant {tenant.slug} ({tenant.company_name}, {tenant.abbr}) "
+            f"on engine {engine.name} ({engine.kind}):"
+        )
+        reports = tenant_verify(tenant=tenant) if verify else tenant_plan(tenant=tenant)
+        for i, report in enumerate(reports):
+            if verify:
+                head = report.state
+            elif report.state == PRESENT:
+                head = "nothing to do"
+            elif report.state == "error":
+                head = "cannot tell"
+            else:
+                changes = sum(1 for line in report.lines if not line.startswith("note:"))
+                head = f"{changes} change(s)" if changes else "nothing to create (see the note)"
+            if report.state == PRESENT and report.found:
+                head += " (" + ", ".join(f"{k}: {_short(v)}" for k, v in report.found.items()) + ")"
+            self.stdout.write(f"[{i + 1:>2}/{TOTAL_STEPS}] {report.step:<28} {head}")
+            for line in report.lines:
+                self.stdout.write(f"{'':8}{line}")
+        self.stdout.write(f"[{TOTAL_STEPS:>2}/{TOTAL_STEPS}] {STEP_NAMES[-1]:<28} verifies every resource above")
+        if verify:
+            bad = [r.step for r in reports if r.state not in (PRESENT, "skipped")]
+            self.stdout.write(f"drift in {', '.join(bad)}" if bad else "no drift: every resource is present")
+            return EXIT_NOT_COMPLETED if drifted(reports) else EXIT_OK
+        self.stdout.write("plan only: nothing was written")
+        return EXIT_NOT_COMPLETED if any(r.state == "error" for r in reports) else EXIT_OK
+
     def _faults(self, tenant, opts):
         if opts["fail_step"] is None and opts["sandbox_latency"] is None:
             return
@@ -174,6 +220,14 @@ class Command(BaseCommand):
                 "  still in progress: watch it with `manage.py provisioning_status " + status["tenant"] + "`"
             )
         return EXIT_NOT_COMPLETED
+
+
+def _short(value) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_short(v) for v in value)
+    return str(value)
 
 
 class Watcher(threading.Thread):

@@ -1,0 +1,81 @@
+"""Engine connection services: register (or change) where tenants are provisioned, after checking the engine.
+
+The secret is write-only: it is saved, sent to the engine in the Authorization header, and never returned, printed or
+put in a message.
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator, validate_slug
+
+from moran.errors import InvalidInput
+from provisioning.engines import engine_for
+from provisioning.engines.errors import EngineError
+from provisioning.steps import EngineCheck, StepContext, StepFailed
+from tenants.models import EngineConnection
+
+
+class EngineCheckFailed(InvalidInput):
+    """The engine check (step 0) refused the connection: unreachable, bad credentials, no ERPNext 15, setup wizard
+    not completed."""
+
+
+def engine_check(*, connection: EngineConnection) -> dict:
+    """Step 0's read-only look against a connection (saved or not): what it found, or EngineCheckFailed."""
+    try:
+        return EngineCheck().look(StepContext(engine=engine_for(connection), spec=None)).found
+    except (StepFailed, EngineError) as exc:
+        raise EngineCheckFailed(f"engine check of '{connection.name}' failed: {exc.message}") from None
+
+
+def engine_register(
+    *,
+    name: str,
+    base_url: str,
+    api_key: str,
+    api_secret: str,
+    verify_tls: bool = True,
+    connect_timeout: float | None = None,
+    read_timeout: float | None = None,
+) -> tuple[EngineConnection, dict, bool]:
+    """Check an ERPNext engine and save its connection (updating the one of that name). Returns the connection, what
+    the check found, and whether it was created. Nothing is saved when the check fails.
+
+    The check talks to the engine before anything is written, outside any transaction."""
+    errors = {}
+    try:
+        validate_slug(name or "")
+    except ValidationError:
+        errors["name"] = ["Use letters, digits, hyphens and underscores"]
+    try:
+        URLValidator(schemes=["http", "https"])(base_url or "")
+    except ValidationError:
+        errors["base_url"] = ["An http:// or https:// URL, e.g. https://erp.example.com"]
+    if not (api_key or "").strip():
+        errors["api_key"] = ["The API key of a System Manager user is required"]
+    if not api_secret:
+        errors["api_secret"] = ["The API secret is required"]
+    for field, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
+        if value is not None and value <= 0:
+            errors[field] = ["A number of seconds above 0"]
+    if errors:
+        raise InvalidInput(
+            "Invalid engine: " + "; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()), fields=errors
+        )
+    connection = EngineConnection.objects.filter(name=name).first() or EngineConnection(name=name)
+    if connection.pk and connection.kind != EngineConnection.Kind.ERPNEXT:
+        raise InvalidInput(f"Engine '{name}' is a {connection.kind} engine; choose another name")
+    connection.kind = EngineConnection.Kind.ERPNEXT
+    connection.base_url = base_url.rstrip("/")
+    connection.api_key = api_key.strip()
+    connection.api_secret = api_secret
+    connection.verify_tls = verify_tls
+    if connect_timeout is not None:
+        connection.connect_timeout = connect_timeout
+    if read_timeout is not None:
+        connection.read_timeout = read_timeout
+    found = engine_check(connection=connection)
+    created = connection.pk is None
+    connection.save()
+    return connection, found, created
