@@ -145,7 +145,8 @@ def onboarding_write(
             log,
             extra={
                 "tenant": onboarding.tenant_id,
-                "run_id": str(run_id) if run_id not in (None, ANY_RUN) else "",
+                # The run this write belongs to: the one it starts, the one in charge, or the one it ended.
+                "run_id": str(onboarding.run_id or run_before or (run_id if run_id not in (None, ANY_RUN) else "")),
                 "step": log_step,
             },
         )
