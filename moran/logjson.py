@@ -78,6 +78,16 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class PlainFormatter(logging.Formatter):
+    """Text for a terminal, with the context as a ``[tenant=… run_id=… step=…]`` suffix (empty without a context,
+    so a handler without :class:`ContextFilter` still works)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not hasattr(record, "context"):
+            record.context = ""
+        return super().format(record)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``ts``, ``level``, ``logger``, ``message``, the context fields, and ``exc`` (the
     formatted traceback) when there is one."""

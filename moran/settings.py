@@ -214,7 +214,10 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {"context": {"()": "moran.logjson.ContextFilter"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s%(context)s"},
+        "plain": {
+            "()": "moran.logjson.PlainFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s%(context)s",
+        },
         "json": {"()": "moran.logjson.JsonFormatter"},
     },
     "handlers": {

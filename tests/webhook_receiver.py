@@ -19,7 +19,7 @@ class Call:
     headers: dict
     body: bytes
     answered: int
-    at: float = field(default_factory=time.monotonic)
+    at: float = field(default_factory=time.time)  # wall clock: compared with timestamps the database recorded
 
     @property
     def json(self) -> dict:
