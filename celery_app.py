@@ -35,7 +35,9 @@ def beat_schedule(registered) -> dict:
 @app.on_after_finalize.connect
 def _add_periodic_tasks(sender, **kwargs):
     # After finalize every autodiscovered task is registered (beat and the worker import them before finalizing).
-    sender.conf.beat_schedule = {**beat_schedule(sender.tasks), **(sender.conf.beat_schedule or {})}
+    # add_periodic_task, not an assignment to conf.beat_schedule: under the CELERY_ namespace that would be ignored.
+    for name, entry in beat_schedule(sender.tasks).items():
+        sender.add_periodic_task(entry["schedule"], sender.signature(entry["task"]), name=name, **entry["options"])
 
 
 @signals.setup_logging.connect

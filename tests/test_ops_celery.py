@@ -64,6 +64,25 @@ def test_beat_schedules_the_sweeper_only_once_it_exists(settings):
     assert ("provisioning.sweep" in app.conf.beat_schedule) == ("provisioning.sweep" in app.tasks)
 
 
+def test_beat_picks_up_the_sweeper_when_it_lands():
+    # given: a fresh app in which a task named provisioning.sweep exists (as it will once the sweeper lands)
+    script = (
+        "from celery_app import app\n"
+        "@app.task(name='provisioning.sweep')\n"
+        "def sweep(): pass\n"
+        "app.loader.import_default_modules(); app.finalize()\n"
+        "entry = app.conf.beat_schedule['provisioning.sweep']\n"
+        "print(entry['task'], entry['schedule'])\n"
+    )
+    env = {**os.environ, "MORAN_SWEEP_INTERVAL": "45"}
+    env.pop("DATABASE_URL", None), env.pop("CELERY_BROKER_URL", None)
+    # when
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    # then
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["provisioning.sweep", "45.0"]
+
+
 @pytest.mark.realpath
 def test_the_worker_health_check_pings_the_worker(worker):
     # given: the compose health check's command, aimed at the session's worker
