@@ -18,3 +18,18 @@ max_requests_jitter = 200
 # Access log to stdout; Django's own log lines (JSON) go to stderr through LOGGING.
 accesslog = "-"
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+# gunicorn's own lines (its error log and the access log) as JSON lines too when the app logs JSON, so that one
+# parser reads the whole container's output. The handler is named "console" because gunicorn's defaults, merged
+# with this, point its root logger at a handler of that name.
+if os.environ.get("LOG_FORMAT") == "json":
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "moran.logjson.JsonFormatter"}},
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
+        "loggers": {
+            "gunicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},
+            "gunicorn.access": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        },
+    }

@@ -4,12 +4,17 @@ point at real endpoints and commands."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
 import shlex
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -216,3 +221,50 @@ def test_the_worker_health_check_pings_this_worker():
 def test_the_store_health_checks_use_their_own_clients():
     assert "pg_isready" in SERVICES["postgres"]["healthcheck"]["test"][1]
     assert SERVICES["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+
+
+@pytest.mark.realpath
+@pytest.mark.django_db  # so that the session creates the test database the server connects to
+def test_the_web_command_serves_the_probes(tmp_path):
+    # given: the web service's command, on a free loopback port (never 4000 in tests), against the test database
+    from django.conf import settings
+
+    from tests import conftest
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **service_env("web", filled_env()),
+        "DATABASE_URL": conftest.test_database_url(),
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_WORKERS": "1",
+    }
+    log = tmp_path / "gunicorn.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(local(argv("web", env)), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        # when
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+                    alive = response.status
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as response:
+                ready = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            ready = {"http": exc.code, **json.loads(exc.read())}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    # then
+    assert alive == 200
+    assert ready == {"status": "ok", "checks": {"database": {"ok": True}, "broker": {"ok": True}}}
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    assert any(line["logger"] == "gunicorn.access" and "/readyz" in line["message"] for line in lines), lines
