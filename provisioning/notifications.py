@@ -113,10 +113,14 @@ def webhook_send(*, run_id: str, status: str, attempt: int = 1) -> bool:
     }
     if settings.WEBHOOK_SECRET:
         headers["X-Moran-Signature"] = webhook_signature(body, settings.WEBHOOK_SECRET)
-    # Only the receiver's host is logged: a webhook URL's path or query often holds a token.
-    where = urlsplit(url).netloc
+    # Only the receiver's host is logged: a webhook URL's user info, path or query often holds a token.
+    parts = urlsplit(url)
+    where = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
     try:
-        response = requests.post(url, data=body, headers=headers, timeout=settings.WEBHOOK_TIMEOUT)
+        # Redirects are not followed: a signed body goes only where it was configured to go (a 3xx is final).
+        response = requests.post(
+            url, data=body, headers=headers, timeout=settings.WEBHOOK_TIMEOUT, allow_redirects=False
+        )
     except requests.RequestException as exc:
         logger.warning("webhook to %s failed (%s); will retry", where, type(exc).__name__, extra=log)
         raise WebhookTransientError(type(exc).__name__) from None

@@ -108,7 +108,7 @@ def test_it_classifies_the_receivers_answers(receiver, settings):
     run = ProvisioningRun.objects.create(
         onboarding=tenant.onboarding, kind="start", outcome=ProvisioningRun.Outcome.STOPPED
     )
-    tenant.webhook_url = receiver.script("/x", [503, 429, 404, 204])
+    tenant.webhook_url = receiver.script("/x", [503, 429, 404, 302, 204])
     tenant.save()
     # when / then: 5xx and 429 are worth retrying, 404 is final, 2xx is delivered
     with pytest.raises(WebhookTransientError):
@@ -116,10 +116,26 @@ def test_it_classifies_the_receivers_answers(receiver, settings):
     with pytest.raises(WebhookTransientError):
         webhook_send(run_id=str(run.id), status="FAILED")
     assert webhook_send(run_id=str(run.id), status="FAILED") is False
-    assert webhook_send(run_id=str(run.id), status="FAILED", attempt=4) is True
+    assert webhook_send(run_id=str(run.id), status="FAILED") is False, "a redirect is not followed"
+    assert webhook_send(run_id=str(run.id), status="FAILED", attempt=5) is True
     calls = receiver.calls_to("/x")
     assert len({c.body for c in calls}) == 1, "every attempt sends the same bytes"
-    assert [c.headers["X-Moran-Delivery-Attempt"] for c in calls] == ["1", "1", "1", "4"]
+    assert [c.headers["X-Moran-Delivery-Attempt"] for c in calls] == ["1", "1", "1", "1", "5"]
+
+
+@pytest.mark.django_db
+def test_it_logs_no_credentials_of_the_url(receiver, caplog):
+    # given: a URL carrying credentials and a token
+    tenant = make_tenant()
+    run = ProvisioningRun.objects.create(onboarding=tenant.onboarding, kind="start")
+    tenant.webhook_url = receiver.url("/t?token=s3cr3t").replace("http://", "http://user:pa55@")
+    tenant.save()
+    # when
+    with caplog.at_level("INFO", logger="moran.notifications"):
+        assert webhook_send(run_id=str(run.id), status="COMPLETED") is True
+    # then
+    assert "127.0.0.1" in caplog.text
+    assert "pa55" not in caplog.text and "s3cr3t" not in caplog.text
 
 
 @pytest.mark.django_db
