@@ -16,6 +16,8 @@ COPY requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY . .
+# The admin's static files, collected into the image (WhiteNoise serves them).
+RUN python manage.py collectstatic --noinput --verbosity 0
 
 # Never run as root: a compromised step or receiver URL handler gets an unprivileged user.
 RUN useradd --create-home --uid 10001 moran && mkdir -p /app/var && chown -R moran /app/var

@@ -196,6 +196,18 @@ WEBHOOK_RETRY_BACKOFF_MAX = env.int("MORAN_WEBHOOK_RETRY_BACKOFF_MAX", default=6
 READINESS_TIMEOUT = env.float("MORAN_READINESS_TIMEOUT", default=2.0)
 METRICS_TOKEN = env.str("MORAN_METRICS_TOKEN", default="")
 
+# Static files (the admin's CSS and JS) served by the web process itself with WhiteNoise: gunicorn serves no files,
+# and a compose deployment has no separate file server. The image runs collectstatic at build time.
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1, "whitenoise.middleware.WhiteNoiseMiddleware"
+)
+STATIC_ROOT = env.path("MORAN_STATIC_ROOT", default=str(STATIC_ROOT))
+# Compressed, not manifest-hashed: a missing manifest would break every page of a checkout that never ran collectstatic.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
 # Behind a TLS-terminating proxy: trust its X-Forwarded-Proto, send cookies only over HTTPS, redirect plain HTTP
 # (except the probes, which the orchestrator sends in plain HTTP from inside the network).
 if env.bool("MORAN_BEHIND_HTTPS", default=False):

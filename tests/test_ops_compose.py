@@ -240,7 +240,11 @@ def test_the_web_command_serves_the_probes(tmp_path):
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "GUNICORN_BIND": f"127.0.0.1:{port}",
         "GUNICORN_WORKERS": "1",
+        "MORAN_STATIC_ROOT": str(tmp_path / "static"),
     }
+    # as the image's build does
+    collected = run([sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"], env)
+    assert collected.returncode == 0, collected.stderr
     log = tmp_path / "gunicorn.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(local(argv("web", env)), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -255,6 +259,8 @@ def test_the_web_command_serves_the_probes(tmp_path):
             except OSError:
                 assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
                 time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/static/admin/css/base.css", timeout=10) as response:
+            static = (response.status, response.headers["Content-Type"])
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as response:
                 ready = json.loads(response.read())
@@ -265,6 +271,7 @@ def test_the_web_command_serves_the_probes(tmp_path):
         proc.wait(timeout=30)
     # then
     assert alive == 200
+    assert static[0] == 200 and static[1].startswith("text/css"), "the admin's static files are served"
     assert ready == {"status": "ok", "checks": {"database": {"ok": True}, "broker": {"ok": True}}}
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     assert any(line["logger"] == "gunicorn.access" and "/readyz" in line["message"] for line in lines), lines
