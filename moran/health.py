@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET
 logger = logging.getLogger("moran.health")
 
 
-def database_check(alias: str = "default") -> None:
+def database_check(alias: str = "default") -> dict | None:
     """Raises when the database cannot answer a trivial query."""
     connection = connections[alias]
     with connection.cursor() as cursor:
@@ -26,11 +26,11 @@ def database_check(alias: str = "default") -> None:
         cursor.fetchone()
 
 
-def broker_check() -> None:
+def broker_check() -> dict | None:
     """Raises when the broker cannot be connected to within the readiness timeout. The embedded mode has no broker:
-    tasks run in-process, so there is nothing to reach."""
+    tasks run in-process, so there is nothing to reach (and the answer says so)."""
     if settings.CELERY_TASK_ALWAYS_EAGER and not settings.CELERY_BROKER_URL:
-        return
+        return {"detail": "embedded: no broker, tasks run in-process"}
     from kombu import Connection
 
     # A connection of our own (not the app's pool): the URL is read at request time, and a probe must never wait
@@ -58,13 +58,13 @@ def readyz(request):
     results, failing = {}, []
     for name, check in CHECKS.items():
         try:
-            check()
+            detail = check()
         except Exception as exc:  # every driver raises its own kinds; each means "not reachable"
             logger.warning("readiness: %s unreachable (%s)", name, type(exc).__name__)
             results[name] = {"ok": False, "error": type(exc).__name__}
             failing.append(name)
         else:
-            results[name] = {"ok": True}
+            results[name] = {"ok": True, **(detail or {})}
     if failing:
         body = {"status": "unavailable", "unavailable": failing, "checks": results}
         return JsonResponse(body, status=503)

@@ -89,5 +89,14 @@ def test_it_names_both_when_both_are_unreachable(client, settings, database_unre
     assert response.json()["unavailable"] == ["database", "broker"]
 
 
+@pytest.mark.django_db
+def test_it_is_ready_without_a_broker_in_the_embedded_mode(client, settings):
+    settings.CELERY_BROKER_URL = ""
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["checks"]["broker"] == {"ok": True, "detail": "embedded: no broker, tasks run in-process"}
+
+
 def test_the_probes_refuse_writes(client):
     assert client.post("/healthz").status_code == 405
