@@ -56,6 +56,8 @@ globals().update(STEP_TASKS)
 
 
 # --- Notifications (issue 7) ------------------------------------------------------------------------------------
+from celery.exceptions import SoftTimeLimitExceeded  # noqa: E402
+
 from provisioning.notifications import WebhookTransientError, webhook_send  # noqa: E402
 
 
@@ -64,14 +66,15 @@ from provisioning.notifications import WebhookTransientError, webhook_send  # no
     name="provisioning.webhook_deliver",
     # Declarative retries: exponential backoff with full jitter, capped; the receiver dedupes by Idempotency-Key,
     # so a retry (or a redelivery after a lost worker) is safe.
-    autoretry_for=(WebhookTransientError,),
+    # A receiver that trickles its answer past the soft time limit is as unavailable as one that answers 503.
+    autoretry_for=(WebhookTransientError, SoftTimeLimitExceeded),
     retry_backoff=settings.WEBHOOK_RETRY_BACKOFF,
     retry_backoff_max=settings.WEBHOOK_RETRY_BACKOFF_MAX,
     retry_jitter=True,
     max_retries=settings.WEBHOOK_MAX_RETRIES,
     acks_late=True,
     reject_on_worker_lost=True,
-    # A request has its own timeout; this bounds a receiver that trickles its answer.
+    # A request's timeout bounds each read, not the whole answer; these bound the whole call.
     soft_time_limit=max(30, int(4 * settings.WEBHOOK_TIMEOUT)),
     time_limit=max(60, int(6 * settings.WEBHOOK_TIMEOUT)),
 )
