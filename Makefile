@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/moran
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install demo test lint serve worker flower migrate
+.PHONY: install demo test lint serve worker flower migrate up down
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -43,3 +43,11 @@ worker: install
 
 flower: install
 	$(BIN)/celery -A celery_app flower --address=127.0.0.1 --port=5555
+
+# Running it for real (README): the whole stack in Docker, from .env (copy .env.example and fill in the secrets).
+up:
+	@test -f .env || { echo "cp .env.example .env and fill in SECRET_KEY, POSTGRES_PASSWORD, FLOWER_BASIC_AUTH" >&2; exit 2; }
+	docker compose up -d --build
+
+down:
+	docker compose down

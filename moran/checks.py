@@ -36,3 +36,32 @@ def check_production_settings(app_configs, **kwargs):
     if settings.DEBUG:
         errors.append(Warning("DEBUG is on in production.", id="moran.W001"))
     return errors
+
+
+# --- Operations (issue 7) ---------------------------------------------------------------------------------------
+@register(Tags.compatibility, deploy=False)
+def check_operations_settings(app_configs, **kwargs):
+    errors = []
+    visibility = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", 3600)
+    if visibility <= settings.WEBHOOK_RETRY_BACKOFF_MAX:
+        # Redis hands an unacknowledged (countdown) message to another worker after the visibility timeout: a retry
+        # delay beyond it would deliver the webhook twice at once.
+        errors.append(
+            Error(
+                f"The broker visibility timeout ({visibility} s) does not exceed MORAN_WEBHOOK_RETRY_BACKOFF_MAX "
+                f"({settings.WEBHOOK_RETRY_BACKOFF_MAX} s).",
+                hint="Lower MORAN_WEBHOOK_RETRY_BACKOFF_MAX or raise MORAN_VISIBILITY_TIMEOUT.",
+                id="moran.E004",
+            )
+        )
+    if settings.PRODUCTION and settings.WEBHOOK_URL and not settings.WEBHOOK_SECRET:
+        errors.append(
+            Warning(
+                "MORAN_WEBHOOK_URL is set but MORAN_WEBHOOK_SECRET is not: webhook calls go out unsigned.",
+                hint="Set MORAN_WEBHOOK_SECRET so that receivers can verify X-Moran-Signature.",
+                id="moran.W002",
+            )
+        )
+    if settings.LOG_FORMAT not in ("json", "plain"):
+        errors.append(Error(f"LOG_FORMAT is '{settings.LOG_FORMAT}'.", hint="Use json or plain.", id="moran.E005"))
+    return errors

@@ -154,13 +154,96 @@ STEP_RETRY_BACKOFF = env.float("MORAN_STEP_RETRY_BACKOFF", default=2.0)
 # The engine connection a tenant gets when none is named.
 DEFAULT_ENGINE = env.str("MORAN_DEFAULT_ENGINE", default="sandbox")
 
+
+# === Operations (issue 7): Celery for this workload, beat, notifications, health, metrics, logging ============
+# Kept in one block so that other changes to this file stay out of its way.
+
+# A step that raised or hit its time limit is recorded in the database already (failed / retrying); redelivering its
+# message would only run it again behind the state's back. So a failure or a timeout acknowledges the message even
+# under acks_late, and only a *lost worker* (reject_on_worker_lost above) requeues.
+CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT = True
+# With acks_late, a lost broker connection makes the broker hand our unacknowledged messages to another worker; the
+# steps would then run twice at once. Fencing makes the second write harmless, but cancelling here avoids the double
+# work against the engine in the first place.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# Webhook deliveries go to a queue of their own when one is named, so that a slow receiver never takes a worker slot
+# that a step needs. Empty = the provisioning queue (one worker serves both, as in the tests).
+NOTIFICATIONS_QUEUE = env.str("MORAN_NOTIFICATIONS_QUEUE", default="")
+# Routing by name: a step or a webhook sent without an explicit queue still lands on the right one. The services
+# also set the queue explicitly on every signature, which is what the tests' per-session queues rely on.
+CELERY_TASK_ROUTES = {
+    "provisioning.step_*": {"queue": PROVISIONING_QUEUE},
+    "provisioning.webhook_*": {"queue": NOTIFICATIONS_QUEUE or PROVISIONING_QUEUE},
+}
+# A worker process is recycled after this many tasks: a slow leak in a client library cannot grow for ever.
+CELERY_WORKER_MAX_TASKS_PER_CHILD = env.int("MORAN_WORKER_MAX_TASKS_PER_CHILD", default=1000)
+# Celery must not replace the root logger's handlers: LOGGING below (JSON lines) applies to workers too.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# Periodic jobs for `celery beat`. The schedule is built in celery_app.py once the tasks are registered: an entry is
+# added only for a task that exists (the sweeper, `provisioning.sweep`, lands separately). MORAN_SWEEP_INTERVAL=0
+# turns it off.
+SWEEP_INTERVAL = env.int("MORAN_SWEEP_INTERVAL", default=60)
+CELERY_BEAT_SCHEDULE: dict = {}
+
+# Notifications: a webhook called when an onboarding reaches COMPLETED, PARTIAL or FAILED. A tenant's own URL wins
+# over the global one; the body is signed with HMAC-SHA256 over MORAN_WEBHOOK_SECRET.
+WEBHOOK_URL = env.str("MORAN_WEBHOOK_URL", default="")
+WEBHOOK_SECRET = env.str("MORAN_WEBHOOK_SECRET", default="")
+WEBHOOK_TIMEOUT = env.float("MORAN_WEBHOOK_TIMEOUT", default=5.0)
+WEBHOOK_MAX_RETRIES = env.int("MORAN_WEBHOOK_MAX_RETRIES", default=10)
+# Celery's exponential backoff takes whole seconds: retry n waits up to factor * 2**n, capped, with full jitter.
+WEBHOOK_RETRY_BACKOFF = env.int("MORAN_WEBHOOK_RETRY_BACKOFF", default=5)
+WEBHOOK_RETRY_BACKOFF_MAX = env.int("MORAN_WEBHOOK_RETRY_BACKOFF_MAX", default=600)
+
+# Health and metrics. /readyz gives each dependency this long before calling it unreachable (a load balancer's probe
+# must not hang); /metrics asks for a bearer token when one is set.
+READINESS_TIMEOUT = env.float("MORAN_READINESS_TIMEOUT", default=2.0)
+METRICS_TOKEN = env.str("MORAN_METRICS_TOKEN", default="")
+
+# Static files (the admin's CSS and JS) served by the web process itself with WhiteNoise: gunicorn serves no files,
+# and a compose deployment has no separate file server. The image runs collectstatic at build time.
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1, "whitenoise.middleware.WhiteNoiseMiddleware"
+)
+STATIC_ROOT = env.path("MORAN_STATIC_ROOT", default=str(STATIC_ROOT))
+# Compressed, not manifest-hashed: a missing manifest would break every page of a checkout that never ran collectstatic.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+# Behind a TLS-terminating proxy: trust its X-Forwarded-Proto, send cookies only over HTTPS, redirect plain HTTP
+# (except the probes, which the orchestrator sends in plain HTTP from inside the network).
+if env.bool("MORAN_BEHIND_HTTPS", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=3600)
+
+# Logs: JSON lines (one object per line, with tenant, run_id and step on every provisioning line) for log shippers;
+# plain text for a terminal. docker-compose sets LOG_FORMAT=json.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"context": {"()": "moran.logjson.ContextFilter"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {
+            "()": "moran.logjson.PlainFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s%(context)s",
+        },
+        "json": {"()": "moran.logjson.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

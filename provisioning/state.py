@@ -114,6 +114,7 @@ def onboarding_write(
         onboarding = Onboarding.objects.select_for_update().get(pk=onboarding_id)
         if run_id is not ANY_RUN and onboarding.run_id != (uuid.UUID(str(run_id)) if run_id else None):
             raise Stale(f"run {run_id} is not in charge of onboarding {onboarding_id} (run {onboarding.run_id} is)")
+        run_before = onboarding.run_id
         steps = change(onboarding, copy.deepcopy(normalised(onboarding.provisioning_steps)))
         onboarding.provisioning_steps = steps  # a new object, assigned: never a dict mutated in place
         derived = derive(steps, run_active=onboarding.run_id is not None, previous_status=onboarding.status)
@@ -124,6 +125,12 @@ def onboarding_write(
         onboarding.version += 1
         onboarding._saving_state = True
         onboarding.save()
+        if run_before is not None and onboarding.run_id is None:
+            # This write ended the run in charge (a run ends once: under this lock). Announce its end state; the
+            # webhook is enqueued only if this transaction commits.
+            from provisioning.notifications import onboarding_run_ended
+
+            onboarding_run_ended(onboarding=onboarding, run_id=run_before, status=onboarding.status)
         if log:
             StepLog.objects.create(
                 onboarding=onboarding,
@@ -139,7 +146,8 @@ def onboarding_write(
             log,
             extra={
                 "tenant": onboarding.tenant_id,
-                "run_id": str(run_id) if run_id not in (None, ANY_RUN) else "",
+                # The run this write belongs to: the one it starts, the one in charge, or the one it ended.
+                "run_id": str(onboarding.run_id or run_before or (run_id if run_id not in (None, ANY_RUN) else "")),
                 "step": log_step,
             },
         )

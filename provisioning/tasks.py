@@ -53,3 +53,31 @@ def _make_step_task(step_name: str):
 
 STEP_TASKS = {name: _make_step_task(name) for name in STEP_NAMES}
 globals().update(STEP_TASKS)
+
+
+# --- Notifications (issue 7) ------------------------------------------------------------------------------------
+from celery.exceptions import SoftTimeLimitExceeded  # noqa: E402
+
+from provisioning.notifications import WebhookTransientError, webhook_send  # noqa: E402
+
+
+@shared_task(
+    bind=True,
+    name="provisioning.webhook_deliver",
+    # Declarative retries: exponential backoff with full jitter, capped; the receiver dedupes by Idempotency-Key,
+    # so a retry (or a redelivery after a lost worker) is safe.
+    # A receiver that trickles its answer past the soft time limit is as unavailable as one that answers 503.
+    autoretry_for=(WebhookTransientError, SoftTimeLimitExceeded),
+    retry_backoff=settings.WEBHOOK_RETRY_BACKOFF,
+    retry_backoff_max=settings.WEBHOOK_RETRY_BACKOFF_MAX,
+    retry_jitter=True,
+    max_retries=settings.WEBHOOK_MAX_RETRIES,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    # A request's timeout bounds each read, not the whole answer; these bound the whole call.
+    soft_time_limit=max(30, int(4 * settings.WEBHOOK_TIMEOUT)),
+    time_limit=max(60, int(6 * settings.WEBHOOK_TIMEOUT)),
+)
+def webhook_deliver(self, *, run_id, status, tenant=""):
+    """Notify the tenant's webhook that run ``run_id`` ended with the onboarding in ``status``."""
+    webhook_send(run_id=run_id, status=status, attempt=self.request.retries + 1)

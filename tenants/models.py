@@ -65,6 +65,8 @@ class Tenant(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="tenants"
     )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.NEW)
+    # Called when the tenant's onboarding ends (COMPLETED, PARTIAL, FAILED); empty = the global MORAN_WEBHOOK_URL.
+    webhook_url = models.URLField(max_length=500, null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -59,6 +59,7 @@ def tenant_create(
     admin_first_name: str = "",
     extra_cost_centers: list[str] | None = None,
     extra_warehouses: list[str] | None = None,
+    webhook_url: str | None = None,
 ) -> Tenant:
     """Create a tenant and its onboarding (PENDING). Provisioning starts with ``onboarding_start``."""
     from provisioning.services import onboarding_create
@@ -76,6 +77,7 @@ def tenant_create(
         extra_warehouses=list(extra_warehouses or []),
         engine=engine or engine_get(),
         owner=owner,
+        webhook_url=(webhook_url or "").strip() or None,
     )
     tenant_validate(tenant)
     try:
