@@ -87,7 +87,11 @@ def test_beat_picks_up_the_sweeper_when_it_lands():
 def test_the_worker_health_check_pings_the_worker(worker):
     # given: the compose health check's command, aimed at the session's worker
     node = f"{worker.queue}@{socket.gethostname()}"
-    env = {**os.environ, "DATABASE_URL": conftest.test_database_url(), "CELERY_BROKER_URL": settings.CELERY_BROKER_URL}
+    env = {
+        **os.environ,
+        "DATABASE_URL": conftest.worker_database_url(),
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+    }
     command = [sys.executable, "-m", "celery", "-A", "celery_app", "inspect", "ping", "--timeout", "10", "-d"]
     # when
     alive = subprocess.run([*command, node], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
@@ -102,7 +106,11 @@ def test_the_worker_health_check_pings_the_worker(worker):
 def test_beat_starts(tmp_path, django_db_setup):
     # given
     log = tmp_path / "beat.log"
-    env = {**os.environ, "DATABASE_URL": conftest.test_database_url(), "CELERY_BROKER_URL": settings.CELERY_BROKER_URL}
+    env = {
+        **os.environ,
+        "DATABASE_URL": conftest.worker_database_url(),
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+    }
     command = ["celery", "-A", "celery_app", "beat", "--schedule", str(tmp_path / "schedule"), "--loglevel", "INFO"]
     # when
     with open(log, "wb") as out:

@@ -236,7 +236,7 @@ def test_the_web_command_serves_the_probes(tmp_path):
         port = s.getsockname()[1]
     env = {
         **service_env("web", filled_env()),
-        "DATABASE_URL": conftest.test_database_url(),
+        "DATABASE_URL": conftest.worker_database_url(),
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "GUNICORN_BIND": f"127.0.0.1:{port}",
         "GUNICORN_WORKERS": "1",

@@ -43,7 +43,7 @@ class FlowerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
-            "DATABASE_URL": conftest.test_database_url(),
+            "DATABASE_URL": conftest.worker_database_url(),
             "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
             "FLOWER_BASIC_AUTH": AUTH,
         }

@@ -74,15 +74,20 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **opts):
+        loggers = [logging.getLogger(name) for name in ("moran", "celery")]
+        levels = [logger.level for logger in loggers]
         if opts["verbosity"] < 2:
             # The progress display says it all; per-task log lines are for workers (and -v 2).
-            for name in ("moran", "celery"):
-                logging.getLogger(name).setLevel(logging.CRITICAL)
+            for logger in loggers:
+                logger.setLevel(logging.CRITICAL)
         try:
             code = self._handle(opts)
         except (BadInput, DomainError, CommandError) as exc:
             self.stderr.write(f"error: {getattr(exc, 'message', None) or exc}")
             code = EXIT_BAD_INPUT
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
         sys.exit(code)
 
     def _handle(self, opts) -> int:
