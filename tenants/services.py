@@ -107,3 +107,38 @@ def tenant_get(*, identifier: str) -> Tenant:
         return qs.get(slug=identifier)
     except Tenant.DoesNotExist:
         raise NotFound(f"Unknown tenant '{identifier}'") from None
+
+
+def engine_connection_test(*, connection: EngineConnection) -> tuple[bool, str]:
+    """Run the engine check (step 0's look: reachable, credentials, ERPNext version, setup complete) against a
+    connection, outside any transaction. Returns ``(ok, message)``; the message is for operators and never holds a
+    credential. Read-only: nothing is created in the engine."""
+    from provisioning.engines import engine_for
+    from provisioning.engines.errors import EngineError
+    from provisioning.steps import EngineCheck, StepContext, StepFailed, TenantSpec
+
+    # The check needs a spec only to build a context; it does not read it.
+    spec = TenantSpec(
+        company="Connection Test",
+        abbr="CT",
+        currency="EUR",
+        country="Germany",
+        admin_email="check@invalid",
+        admin_first_name="",
+    )
+    try:
+        engine = engine_for(connection)
+    except ImportError:
+        return (
+            False,
+            f"{connection.name}: the {connection.get_kind_display()} engine client is not available in this installation",
+        )
+    try:
+        found = EngineCheck().look(StepContext(engine=engine, spec=spec)).found
+    except StepFailed as exc:
+        return False, f"{connection.name}: {exc.message}"
+    except EngineError as exc:
+        status = f" (HTTP {exc.status})" if exc.status else ""
+        return False, f"{connection.name}: {exc.exc_type}{status}: {exc.message}"
+    versions = ", ".join(f"{k.split('_')[0]} {v}" for k, v in found.items() if k.endswith("_version") and v)
+    return True, f"{connection.name}: reachable as {found.get('user') or 'unknown user'}; {versions}; setup complete"
