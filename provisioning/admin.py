@@ -145,7 +145,7 @@ def operate(request: HttpRequest, operation: str, onboardings) -> None:
         else:
             outcomes.setdefault((messages.SUCCESS, done_label), []).append(slug)
     for (level, label), slugs in outcomes.items():
-        messages.add_message(request, level, f"{label.capitalize()}: {', '.join(slugs)}")
+        messages.add_message(request, level, f"{label.capitalize()}: {', '.join(sorted(slugs))}")
 
 
 def may_operate(request: HttpRequest) -> bool:
@@ -368,6 +368,7 @@ class OnboardingAdmin(admin.ModelAdmin):
                 if shown and can_operate
             ],
             "title": f"{onboarding.tenant.slug}: provisioning",
+            "subtitle": onboarding.tenant.slug,
             **(extra_context or {}),
         }
         return super().change_view(request, object_id, form_url, extra_context=context)
