@@ -27,6 +27,9 @@ from tenants.services import engine_connection_test, tenant_create, tenant_valid
 
 # --- engine connections ---------------------------------------------------------------------------------------
 class EngineConnectionForm(forms.ModelForm):
+    base_url = forms.URLField(
+        required=False, assume_scheme="https", help_text="e.g. https://erp.example.com (ERPNext only)"
+    )
     new_api_secret = forms.CharField(
         label="API secret",
         required=False,
