@@ -98,6 +98,10 @@ def human_duration(start: dt.datetime | None, end: dt.datetime | None, *, runnin
     return f"{text} so far" if so_far else text
 
 
+def compact_time(value: dt.datetime | None) -> str:
+    return timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S") if value else "—"
+
+
 def last_error(onboarding: Onboarding) -> dict | None:
     """The most recent step error (by when it happened), with its step; from the row already loaded, no query."""
     errors = [
@@ -160,8 +164,8 @@ class OnboardingAdmin(admin.ModelAdmin):
         "progress_col",
         "current_step",
         "last_error_col",
-        "started_at",
-        "finished_at",
+        "started_col",
+        "finished_col",
         "duration_col",
     ]
     list_display_links = ["tenant_col"]
@@ -232,7 +236,16 @@ class OnboardingAdmin(admin.ModelAdmin):
 
     @admin.display(description="engine", ordering="tenant__engine__name")
     def engine_col(self, obj):
-        return f"{obj.tenant.engine.name} ({obj.tenant.engine.get_kind_display()})"
+        engine = obj.tenant.engine
+        return format_html('{} <small class="moran-kind">{}</small>', engine.name, engine.get_kind_display())
+
+    @admin.display(description="started", ordering="started_at")
+    def started_col(self, obj):
+        return compact_time(obj.started_at)
+
+    @admin.display(description="finished", ordering="finished_at")
+    def finished_col(self, obj):
+        return compact_time(obj.finished_at)
 
     @admin.display(description="status", ordering="status")
     def status_col(self, obj):

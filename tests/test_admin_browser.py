@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connections
 
 from provisioning.models import Onboarding, OnboardingStatus, ProvisioningRun, SandboxFault
 from provisioning.services import onboarding_start
@@ -48,11 +49,14 @@ def page(monkeypatch):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1500, "height": 1000})
+        context = browser.new_context(viewport={"width": 1920, "height": 1080})
         context.set_default_timeout(30_000)
         yield context.new_page()
         context.close()
         browser.close()
+        # The test body ran its ORM calls inside Playwright's greenlet context, which has database connections of
+        # its own (Django's connections are context-local): close them, or the test database cannot be dropped.
+        connections.close_all()
 
 
 def provisioned(slug, company, abbr, *, fail_step=None, wanted=OnboardingStatus.COMPLETED):
