@@ -429,6 +429,10 @@ class StepLogAdmin(ReadOnlyAdmin):
         return format_html('<a href="{}">{}</a>', url, obj.onboarding.tenant.slug)
 
 
+admin.site.site_header = "Moran provisioning console"
+admin.site.site_title = "Moran console"
+admin.site.index_title = "Tenants, their provisioning and the engines they live in"
+
 admin.site.register(Onboarding, OnboardingAdmin)
 admin.site.register(ProvisioningRun, ProvisioningRunAdmin)
 admin.site.register(StepLog, StepLogAdmin)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.options import IS_POPUP_VAR
 from django.db.models import Count
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -20,6 +21,7 @@ from django.views.decorators.http import require_POST
 
 from moran.errors import DomainError, InvalidInput
 from provisioning.admin import progress_bar, status_badge
+from provisioning.models import Onboarding
 from provisioning.services import onboarding_start
 from tenants.models import EngineConnection, Tenant
 from tenants.services import engine_connection_test, tenant_create, tenant_validate
@@ -237,9 +239,19 @@ class TenantAdmin(admin.ModelAdmin):
         try:
             onboarding_start(onboarding=tenant.onboarding, requested_by=f"admin:{request.user.get_username()}")
         except DomainError as exc:
-            messages.warning(request, f"{tenant.slug}: provisioning not started: {exc.message}")
+            messages.warning(request, f"Provisioning not started for {tenant.slug}: {exc.message}")
         else:
-            messages.info(request, f"{tenant.slug}: provisioning started")
+            messages.info(request, f"Provisioning started: {tenant.slug}")
+
+    def response_add(self, request, obj, post_url_continue=None):
+        response = super().response_add(request, obj, post_url_continue)
+        if any(key in request.POST for key in ("_addanother", "_continue", IS_POPUP_VAR)):
+            return response
+        # Plain "Save": to the provisioning page, where the run can be watched as it moves.
+        onboarding = Onboarding.objects.filter(tenant_id=obj.pk).values_list("pk", flat=True).first()
+        if onboarding is None:
+            return response
+        return HttpResponseRedirect(reverse("admin:provisioning_onboarding_change", args=[onboarding]))
 
     class Media:
         css = {"all": ["provisioning/admin.css"]}

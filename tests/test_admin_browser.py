@@ -15,6 +15,8 @@ from django.db import connections
 
 from provisioning.models import Onboarding, OnboardingStatus, ProvisioningRun, SandboxFault
 from provisioning.services import onboarding_start
+from tenants.models import EngineConnection
+from tenants.services import engine_get
 from tests.conftest import ROOT, wait_for_status
 from tests.factories import make_tenant
 
@@ -136,3 +138,47 @@ def test_it_lets_an_operator_continue_a_partial_tenant_to_completed(live_server,
     assert (run.kind, run.start_index, run.requested_by) == ("continue", 4, "admin:operator")
     for path in (list_partial, detail_partial, detail_done, list_done):
         assert path.stat().st_size > 10_000, path
+
+
+def test_it_creates_a_tenant_from_the_admin_and_provisions_it(live_server, worker, page):
+    from playwright.sync_api import expect
+
+    # given: an operator and an ERPNext connection whose secret must never reach the page
+    User.objects.create_superuser("operator", "operator@moran.test", PASSWORD)
+    engine_get()  # the default sandbox connection
+    secret = "browser-visible-secret-NEVER-5d1e"
+    erp = EngineConnection.objects.create(
+        name="erp-eu", kind=EngineConnection.Kind.ERPNEXT, base_url="https://erp.example.com", api_key="k1"
+    )
+    EngineConnection.objects.filter(pk=erp.pk).update(api_secret=secret)
+    page.goto(f"{live_server.url}/admin/login/?next=/admin/tenants/tenant/add/")
+    page.fill("#id_username", "operator")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+
+    # when: they fill in the add form and save
+    page.fill("#id_slug", "umbrella")
+    page.fill("#id_company_name", "Umbrella Corp")
+    page.fill("#id_abbr", "UMB")
+    page.fill("#id_currency", "eur")
+    page.fill("#id_country", "Germany")
+    page.fill("#id_admin_email", "Admin@Umbrella.test")
+    page.fill("#id_extra_cost_centers", "Operations\nResearch")
+    page.fill("#id_extra_warehouses", "Returns")
+    page.select_option("#id_engine", label="sandbox")
+    shot(page, "06-tenant-add-form.png")
+    page.click("input[name=_save]")
+
+    # then: they land on its provisioning page and watch it reach COMPLETED
+    expect(page.locator("ul.messagelist")).to_contain_text("Provisioning started: umbrella")
+    expect(page.locator(".field-status_col .moran-badge")).to_have_text("Completed", timeout=120_000)
+    expect(page.locator(".moran-timeline tr[data-step=step_4_cost_centers]")).to_contain_text("Research - UMB")
+    tenant = Onboarding.objects.get(tenant__slug="umbrella").tenant
+    assert (tenant.currency, tenant.admin_email, tenant.status) == ("EUR", "admin@umbrella.test", "active")
+
+    # and the engine connection page offers a write-only secret field, never the secret
+    page.goto(f"{live_server.url}/admin/tenants/engineconnection/{erp.pk}/change/")
+    expect(page.locator("#id_new_api_secret")).to_have_value("")
+    expect(page.locator(".field-secret_state")).to_contain_text("set")
+    assert secret not in page.content()
+    shot(page, "07-engine-connection-form.png")

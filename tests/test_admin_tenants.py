@@ -38,9 +38,12 @@ def form_data(**overrides):
 def test_it_creates_a_tenant_and_starts_provisioning(admin_client, eager, on_commit):
     # when
     response = on_commit(admin_client.post, ADD_URL, form_data(), follow=True)
-    # then
+    # then: the operator lands on the provisioning page
     assert response.status_code == 200
     tenant = Tenant.objects.get(slug="acme")
+    assert response.redirect_chain[-1][0] == reverse(
+        "admin:provisioning_onboarding_change", args=[tenant.onboarding.pk]
+    )
     assert (tenant.name, tenant.currency, tenant.admin_email) == ("Acme Ltd", "EUR", "admin@acme.test")
     assert tenant.extra_cost_centers == ["Operations", "Research"] and tenant.extra_warehouses == ["Returns"]
     run = ProvisioningRun.objects.get(onboarding=tenant.onboarding)
@@ -48,7 +51,7 @@ def test_it_creates_a_tenant_and_starts_provisioning(admin_client, eager, on_com
     tenant.onboarding.refresh_from_db()
     assert tenant.onboarding.status == OnboardingStatus.COMPLETED
     messages = [str(m) for m in response.context["messages"]]
-    assert "acme: provisioning started" in messages
+    assert "Provisioning started: acme" in messages
 
 
 def test_it_does_not_enqueue_before_the_admin_transaction_commits(
