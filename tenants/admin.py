@@ -80,10 +80,13 @@ class EngineConnectionAdmin(admin.ModelAdmin):
     ]
     readonly_fields = ["secret_state", "created_at", "updated_at"]
 
+    class Media:
+        css = {"all": ["provisioning/admin.css"]}
+
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(tenant_total=Count("tenants"))
 
-    @admin.display(description="secret", boolean=False)
+    @admin.display(description="secret stored")
     def secret_state(self, obj):
         # Whether one is stored, never what it is.
         return "set" if obj and obj.api_secret else "not set"
