@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
@@ -9,6 +11,8 @@ from django.db import IntegrityError, transaction
 from moran.errors import InvalidInput, NotFound
 from provisioning.currencies import ISO_4217
 from tenants.models import EngineConnection, Tenant
+
+logger = logging.getLogger("moran.tenants")
 
 
 def engine_get(*, name: str | None = None) -> EngineConnection:
@@ -140,5 +144,9 @@ def engine_connection_test(*, connection: EngineConnection) -> tuple[bool, str]:
     except EngineError as exc:
         status = f" (HTTP {exc.status})" if exc.status else ""
         return False, f"{connection.name}: {exc.exc_type}{status}: {exc.message}"
+    except Exception as exc:
+        # An operator's button must answer, not crash; the type only, as an unknown message might quote a credential.
+        logger.exception("engine check of %s crashed", connection.name)
+        return False, f"{connection.name}: the engine check failed unexpectedly ({type(exc).__name__}); see the logs"
     versions = ", ".join(f"{k.split('_')[0]} {v}" for k, v in found.items() if k.endswith("_version") and v)
     return True, f"{connection.name}: reachable as {found.get('user') or 'unknown user'}; {versions}; setup complete"

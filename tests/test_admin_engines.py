@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.urls import reverse
@@ -150,3 +152,31 @@ def test_it_keeps_the_engine_list_query_count_constant(admin_client):
     for n in range(20):
         EngineConnection.objects.create(name=f"more-{n}", kind=EngineConnection.Kind.SANDBOX)
     assert count_queries(admin_client, reverse("admin:tenants_engineconnection_changelist")) == one
+
+
+def test_it_says_so_when_the_erpnext_client_is_not_installed(admin_client, erp, monkeypatch):
+    # given: the module cannot be imported (None in sys.modules makes the import raise ImportError)
+    monkeypatch.setitem(sys.modules, "provisioning.engines.erpnext", None)
+    # when
+    response = admin_client.post(reverse("admin:tenants_engineconnection_test", args=[erp.pk]), follow=True)
+    # then
+    assert [str(m) for m in response.context["messages"]] == [
+        "erp-prod: the ERPNext engine client is not available in this installation"
+    ]
+
+
+def test_it_reports_a_crashing_check_without_its_message(admin_client, monkeypatch):
+    # given: a check that crashes with a message that must not reach the page
+    sandbox = EngineConnection.objects.create(name="sandbox-3", kind=EngineConnection.Kind.SANDBOX)
+
+    def crash(self, ctx):
+        raise RuntimeError(f"boom {SECRET}")
+
+    monkeypatch.setattr("provisioning.steps.EngineCheck.look", crash)
+    # when
+    response = admin_client.post(reverse("admin:tenants_engineconnection_test", args=[sandbox.pk]), follow=True)
+    # then
+    [message] = list(response.context["messages"])
+    assert message.level_tag == "error"
+    assert str(message) == "sandbox-3: the engine check failed unexpectedly (RuntimeError); see the logs"
+    assert SECRET not in response.content.decode()
