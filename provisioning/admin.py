@@ -149,7 +149,8 @@ def operate(request: HttpRequest, operation: str, onboardings) -> None:
         else:
             outcomes.setdefault((messages.SUCCESS, done_label), []).append(slug)
     for (level, label), slugs in outcomes.items():
-        messages.add_message(request, level, f"{label.capitalize()}: {', '.join(sorted(slugs))}")
+        # Only the first letter: a service's own message may hold names whose case matters.
+        messages.add_message(request, level, f"{label[:1].upper()}{label[1:]}: {', '.join(sorted(slugs))}")
 
 
 def may_operate(request: HttpRequest) -> bool:
