@@ -178,6 +178,7 @@ class OnboardingAdmin(admin.ModelAdmin):
     list_per_page = 50
     actions = ["continue_action", "retry_action", "cancel_action"]
     change_form_template = "admin/provisioning/onboarding/change_form.html"
+    change_list_template = "admin/provisioning/onboarding/change_list.html"
     fieldsets = [
         (
             None,

@@ -73,6 +73,7 @@ def test_it_lists_tenants_with_badge_progress_and_last_error(admin_client, parti
     assert "4/10 &middot; 40 %" in html and "10/10 &middot; 100 %" in html
     assert "step_4_cost_centers: ValidationError [417]: Sandbox fault injected" in html
     assert 'sandbox <small class="moran-kind">Sandbox</small>' in html
+    assert 'id="moran-list-refresh"' in html
 
 
 def test_it_shows_newest_activity_first(admin_client, partial, completed):
