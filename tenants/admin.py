@@ -21,7 +21,7 @@ from django.views.decorators.http import require_POST
 
 from moran.errors import DomainError, InvalidInput
 from provisioning.admin import progress_bar, status_badge
-from provisioning.models import Onboarding
+from provisioning.models import Onboarding, ProvisioningRun, StepLog
 from provisioning.services import onboarding_start
 from tenants.models import EngineConnection, Tenant
 from tenants.services import engine_connection_test, tenant_create, tenant_validate
@@ -204,6 +204,27 @@ class TenantAdmin(admin.ModelAdmin):
     search_fields = ["name", "slug", "company_name"]
     list_select_related = ["engine", "onboarding"]
     ordering = ["-created_at"]
+
+    def has_delete_permission(self, request, obj=None):
+        # Not while a run is in charge: its next step would find no onboarding. (Deleting a tenant removes nothing
+        # from its engine.)
+        onboarding = getattr(obj, "onboarding", None) if obj is not None else None
+        if onboarding is not None and onboarding.run_id is not None:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def get_deleted_objects(self, objs, request):
+        deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        # The onboarding, its runs and log lines go with their tenant; their admins are read-only (no delete permission
+        # for anyone), which must not stop the tenant's own deletion.
+        cascaded = {model._meta.verbose_name for model in (Onboarding, ProvisioningRun, StepLog)}
+        return deleted, model_count, perms_needed - cascaded, protected
+
+    def get_actions(self, request):
+        # One at a time, from the tenant's page, where the check above applies.
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
 
     def get_fields(self, request, obj=None):
         return CREATE_FIELDS if obj is None else [*CREATE_FIELDS, "provisioning", "status", "created_at"]

@@ -94,7 +94,6 @@ def test_it_never_renders_the_secret_on_any_page(admin_client, erp, eager, on_co
         reverse("admin:tenants_tenant_add"),
         reverse("admin:tenants_tenant_change", args=[tenant.pk]),
         reverse("admin:tenants_tenant_history", args=[tenant.pk]),
-        reverse("admin:tenants_tenant_delete", args=[tenant.pk]),
         reverse("admin:provisioning_onboarding_changelist"),
         reverse("admin:provisioning_onboarding_change", args=[onboarding.pk]),
         reverse("admin:provisioning_onboarding_history", args=[onboarding.pk]),

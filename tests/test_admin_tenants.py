@@ -6,6 +6,7 @@ import pytest
 from django.urls import reverse
 
 from provisioning.models import OnboardingStatus, ProvisioningRun
+from provisioning.services import onboarding_start
 from tenants.models import Tenant
 from tenants.services import engine_get
 from tests.factories import make_tenant
@@ -143,3 +144,17 @@ def test_it_searches_tenants(admin_client):
     for query in ("needle", "Haystack"):
         response = admin_client.get(reverse("admin:tenants_tenant_changelist"), {"q": query})
         assert [t.slug for t in response.context["cl"].result_list] == ["needle"]
+
+
+def test_it_does_not_delete_a_tenant_while_a_run_is_in_charge(admin_client, eager):
+    # given: a run claimed (not sent: no commit here)
+    tenant = make_tenant(slug="running")
+    onboarding_start(onboarding=tenant.onboarding)
+    idle = make_tenant(slug="idle")
+    # when / then
+    assert (
+        admin_client.post(reverse("admin:tenants_tenant_delete", args=[tenant.pk]), {"post": "yes"}).status_code == 403
+    )
+    assert Tenant.objects.filter(slug="running").exists()
+    assert admin_client.post(reverse("admin:tenants_tenant_delete", args=[idle.pk]), {"post": "yes"}).status_code == 302
+    assert not Tenant.objects.filter(slug="idle").exists()
