@@ -14,12 +14,11 @@ from rest_framework.views import APIView
 from accounts.selectors import user_label
 from moran.api.pagination import LogPagination
 from moran.api.permissions import IsOperator
-from moran.api.schema import error_responses, paginated
+from moran.api.schema import PAGE_PARAMETERS, TENANT_ID, error_responses, paginated
 from provisioning.models import OnboardingStatus, StepLog, StepStatus
 from provisioning.selectors import onboarding_get, onboarding_logs, onboarding_status
 from provisioning.services import onboarding_cancel, onboarding_continue, onboarding_retry
 from provisioning.steps import STEP_NAMES
-from tenants.api import TENANT_ID
 
 
 class StepErrorSerializer(serializers.Serializer):
@@ -95,7 +94,7 @@ class OnboardingLogsApi(APIView):
     @extend_schema(
         operation_id="provisioning_logs",
         summary="The step log lines of a tenant, newest last",
-        parameters=[TENANT_ID, FilterSerializer],
+        parameters=[TENANT_ID, FilterSerializer, *PAGE_PARAMETERS],
         responses={200: paginated(OutputSerializer, name="LogPage"), **error_responses(400, 401, 404)},
     )
     def get(self, request, tenant_id):

@@ -2,7 +2,7 @@
 serializes."""
 
 from django.db import transaction
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
@@ -11,16 +11,12 @@ from rest_framework.views import APIView
 from accounts.selectors import user_get_by_email, user_label
 from moran.api.pagination import Pagination
 from moran.api.permissions import IsOperatorForWrites
-from moran.api.schema import error_responses, paginated
+from moran.api.schema import PAGE_PARAMETERS, TENANT_ID, error_responses, paginated
 from provisioning.models import OnboardingStatus
 from provisioning.services import onboarding_start
 from provisioning.steps import TOTAL_STEPS
 from tenants.selectors import tenant_get_visible, tenant_list
 from tenants.services import engine_get, tenant_create
-
-TENANT_ID = OpenApiParameter(
-    "tenant_id", str, OpenApiParameter.PATH, description="the tenant's id (UUID) or slug", pattern=r"^[^/]+$"
-)
 
 
 class TenantOutputSerializer(serializers.Serializer):
@@ -89,7 +85,7 @@ class TenantListApi(APIView):
     @extend_schema(
         operation_id="tenants_list",
         summary="Tenants the caller may see (operators: all; owners: their own)",
-        parameters=[FilterSerializer],
+        parameters=[FilterSerializer, *PAGE_PARAMETERS],
         responses={200: paginated(TenantOutputSerializer, name="TenantPage"), **error_responses(400, 401, 404)},
     )
     def get(self, request):

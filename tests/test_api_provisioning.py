@@ -62,10 +62,11 @@ def test_it_answers_anonymous_with_401(acme, anonymous, what):
     assert response.json()["error"] == "not_authenticated"
 
 
-def test_it_answers_an_unknown_tenant_with_404(operator, client_for):
-    client = client_for(operator)
-    assert client.get(url("nobody", "status")).status_code == 404
-    assert client.get(f"{BASE}/{uuid.uuid4()}/status").status_code == 404
+@pytest.mark.parametrize("ident", ["nobody", str(uuid.uuid4()), "%00", "a%20b", "-x", "x" * 101, "ä"])
+def test_it_answers_an_unknown_tenant_with_404(operator, client_for, ident):
+    response = client_for(operator).get(f"{BASE}/{ident}/status")
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"
 
 
 # --- logs ---------------------------------------------------------------------------------------------------------

@@ -1,8 +1,24 @@
 """What the OpenAPI schema says about errors: the one error body, and which statuses an operation can answer."""
 
 from drf_spectacular import openapi
-from drf_spectacular.utils import OpenApiResponse, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
 from rest_framework import serializers
+
+#: what a ``<tenant_id>`` in a path may be: a UUID or a slug (the schema says so too).
+TENANT_ID_REGEX = r"[A-Za-z0-9][A-Za-z0-9-]{0,99}"
+
+TENANT_ID = OpenApiParameter(
+    "tenant_id",
+    str,
+    OpenApiParameter.PATH,
+    description="the tenant's id (UUID) or slug",
+    pattern=f"^{TENANT_ID_REGEX}$",
+)
+
+PAGE_PARAMETERS = [
+    OpenApiParameter("page", int, description="page number, from 1"),
+    OpenApiParameter("page_size", int, description="items per page"),
+]
 
 
 class ErrorOutputSerializer(serializers.Serializer):
