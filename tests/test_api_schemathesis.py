@@ -2,6 +2,8 @@
 for every operation, as an operator and as an owner, on generated and on real tenant ids. No answer may be a 5xx,
 carry an undocumented status, or break the schema. Bounded: MAX_EXAMPLES per operation."""
 
+import os
+
 import pytest
 import requests
 import schemathesis
@@ -19,7 +21,7 @@ from tests.api_cast import PASSWORD
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-MAX_EXAMPLES = 10
+MAX_EXAMPLES = int(os.environ.get("MORAN_SCHEMATHESIS_EXAMPLES", "10"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
