@@ -264,6 +264,14 @@ def test_it_keeps_html_error_pages_outside_api():
     assert response["Content-Type"].startswith("text/html")
 
 
+def test_it_sends_the_bare_api_path_to_a_json_404(anonymous):
+    response = anonymous.get("/api", follow=True)
+    assert response.redirect_chain == [("/api/", 301)]
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"
+    assert anonymous.get("/not-api").status_code == 404
+
+
 def test_it_answers_malformed_json_with_400(operator, client_for):
     response = client_for(operator).post("/api/tenants", "{not json", content_type="application/json")
     assert response.status_code == 400

@@ -118,7 +118,7 @@ def test_the_scripts_show_a_partial_tenant_then_follow_continue_to_completed(
     assert SECRET not in out + check.stderr
 
     # when: continue on a slow engine, watched by the monitor until it settles
-    SandboxFault.objects.create(tenant=acme, kind=SandboxFault.Kind.LATENCY, latency_ms=150)
+    SandboxFault.objects.create(tenant=acme, kind=SandboxFault.Kind.LATENCY, latency_ms=250)
     ops = requests.post(
         "http://127.0.0.1:4000/api/auth/login", json={"email": "ops@moran.test", "password": SECRET}, timeout=10
     ).json()["access_token"]
@@ -128,19 +128,23 @@ def test_the_scripts_show_a_partial_tenant_then_follow_continue_to_completed(
         timeout=30,
     )
     assert continued.status_code == 202
-    monitor = run_script(
-        "monitor_provisioning.sh", "acme", MORAN_EMAIL="ops@moran.test", MORAN_PASSWORD=SECRET, MORAN_INTERVAL="0.5"
-    )
+    monitor = run_script("monitor_provisioning.sh", "acme", MORAN_TOKEN=ops, MORAN_INTERVAL="0.5")
     # then: it saw the run and stopped once it was COMPLETED
     assert monitor.returncode == 0, monitor.stdout + monitor.stderr
     lines = monitor.stdout.splitlines()
     assert lines[0] == "Watching acme on http://localhost:4000 (every 0.5 s, Ctrl-C to stop)"
+    assert "IN_PROGRESS" in lines[1]  # the run was still going when the monitor first looked
     assert any(" acme " in line and " IN_PROGRESS " in line for line in lines)
     assert " COMPLETED " in lines[-2] and "10/10" in lines[-2] and "100 %" in lines[-2]
     assert lines[-1] == "Settled: 1 tenant(s), 0 needing attention (PARTIAL, FAILED or CANCELLED)."
 
-    # when: every tenant, with a token and MORAN_URL
-    every = run_script("monitor_provisioning.sh", MORAN_TOKEN=ops, MORAN_URL="http://127.0.0.1:4000")
+    # when: every tenant, logging in, with MORAN_URL
+    every = run_script(
+        "monitor_provisioning.sh",
+        MORAN_EMAIL="ops@moran.test",
+        MORAN_PASSWORD=SECRET,
+        MORAN_URL="http://127.0.0.1:4000",
+    )
     # then
     assert every.returncode == 0, every.stderr
     assert [line.split()[1:3] for line in every.stdout.splitlines()[1:-1]] == [
