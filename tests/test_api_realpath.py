@@ -99,7 +99,7 @@ def test_it_cancels_a_run_and_continue_resumes_it(worker, operator, acme, client
     assert client.get(f"{BASE}/acme/status").json()["steps_completed"] == len(STEP_NAMES)
 
 
-def test_twenty_concurrent_continues_start_exactly_one_run(worker, operator, acme, live_server, client_for):
+def test_it_starts_exactly_one_run_for_twenty_concurrent_continues(worker, operator, acme, live_server, client_for):
     # given: a PARTIAL tenant, and twenty operators' clicks ready to go at once
     partial_tenant(acme)
     token = client_for(operator).token

@@ -24,7 +24,7 @@ MAX_EXAMPLES = int(os.environ.get("MORAN_SCHEMATHESIS_EXAMPLES", "10"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
-def test_generated_requests_find_no_server_error_and_no_schema_break(
+def test_it_answers_generated_requests_without_5xx_or_schema_breaks(
     live_server, eager, operator, owner, acme, globex, client_for
 ):
     # given: the schema as the live server serves it, and the cast's tokens

@@ -92,7 +92,7 @@ def run_script(name, *args, **env):
     )
 
 
-def test_the_scripts_show_a_partial_tenant_then_follow_continue_to_completed(
+def test_it_shows_a_partial_tenant_then_follows_continue_to_completed(
     server_on_port_4000, script_operator, acme, globex
 ):
     # given: acme fails at step 4 (PARTIAL); globex was never started (PENDING)
@@ -159,14 +159,14 @@ def test_the_scripts_show_a_partial_tenant_then_follow_continue_to_completed(
     assert "Status:          COMPLETED" in done.stdout and "  nothing: every step is done." in done.stdout
 
 
-def test_the_status_check_shows_a_tenant_that_never_started(server_on_port_4000, script_operator, acme):
+def test_it_shows_a_tenant_that_never_started(server_on_port_4000, script_operator, acme):
     check = run_script("check_provisioning_status.sh", "ops@moran.test", SECRET, "acme")
     assert check.returncode == 0, check.stderr
     assert "Status:          PENDING" in check.stdout
     assert "Last log lines:\nWhat to do:\n  provisioning has not started" in check.stdout
 
 
-def test_the_scripts_say_what_went_wrong(server_on_port_4000, script_operator, acme):
+def test_it_says_what_went_wrong(server_on_port_4000, script_operator, acme):
     # a wrong password
     wrong = run_script("check_provisioning_status.sh", "ops@moran.test", "not-it", "acme")
     assert (wrong.returncode, wrong.stderr.strip()) == (2, "error: Invalid email or password")
