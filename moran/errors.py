@@ -51,8 +51,3 @@ class InvalidCredentials(DomainError):
 
     http_status = 401
     code = "invalid_credentials"
-
-
-class Forbidden(DomainError):
-    http_status = 403
-    code = "permission_denied"

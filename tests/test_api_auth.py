@@ -61,6 +61,7 @@ def test_it_refuses_bad_credentials_without_saying_which_part(operator, anonymou
     # then
     assert response.status_code == 401
     assert response.json() == {"error": "invalid_credentials", "detail": "Invalid email or password"}
+    assert response["WWW-Authenticate"] == 'Bearer realm="api"'
     assert not ApiToken.objects.exists()
 
 
