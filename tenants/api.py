@@ -2,7 +2,7 @@
 serializes."""
 
 from django.db import transaction
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
@@ -101,6 +101,23 @@ class TenantListApi(APIView):
         summary="Create a tenant (operators); its provisioning starts unless start is false",
         request=InputSerializer,
         responses={201: TenantOutputSerializer, **error_responses(400, 401, 403, 415)},
+        examples=[
+            OpenApiExample(
+                "A tenant",
+                request_only=True,
+                value={
+                    "slug": "initech",
+                    "company_name": "Initech Inc",
+                    "abbr": "INIT",
+                    "currency": "USD",
+                    "country": "United States",
+                    "admin_email": "admin@initech.example",
+                    "extra_cost_centers": ["Operations"],
+                    "extra_warehouses": ["Returns"],
+                    "start": True,
+                },
+            )
+        ],
     )
     def post(self, request):
         serializer = self.InputSerializer(data=request.data)

@@ -76,6 +76,7 @@ def test_it_answers_generated_requests_without_5xx_or_schema_breaks(
     # then: every operation was exercised (the checks raised on any failure above)
     assert len(operations) == 10
     assert set(calls) == {f"{op.method.upper()} {op.path}" for op in operations}
+    assert ("POST /api/tenants", 201) in statuses  # the schema's example tenant was created (and provisioned)
     print(
         f"\nschemathesis: {sum(calls.values())} requests over {len(operations)} operations; statuses: {sorted(statuses)}"
     )
