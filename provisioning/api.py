@@ -110,16 +110,16 @@ class OnboardingLogsApi(APIView):
 
 
 class _OnboardingActionApi(APIView):
-    """POST …/<action>: operators only."""
+    """POST …/<action>: operators only. ``service`` is the provisioning service that acts (it raises the 409s)."""
 
     permission_classes = [IsAuthenticated, IsOperator]
-    service = None
+    service: staticmethod
     success_status = status.HTTP_202_ACCEPTED
 
     def post(self, request, tenant_id):
         onboarding = onboarding_get(tenant_id=tenant_id, visible_to=request.user)
         self.check_object_permissions(request, onboarding)
-        type(self).service(onboarding=onboarding, requested_by=user_label(user=request.user))
+        self.service(onboarding=onboarding, requested_by=user_label(user=request.user))
         onboarding.refresh_from_db()
         return Response(onboarding_status(onboarding=onboarding), status=self.success_status)
 
@@ -135,7 +135,7 @@ def _action_schema(operation_id, summary, success):
 
 
 class OnboardingContinueApi(_OnboardingActionApi):
-    service = onboarding_continue
+    service = staticmethod(onboarding_continue)
 
     @_action_schema(
         "provisioning_continue", "A new run from the first step that is not completed or skipped (202)", 202
@@ -145,7 +145,7 @@ class OnboardingContinueApi(_OnboardingActionApi):
 
 
 class OnboardingRetryApi(_OnboardingActionApi):
-    service = onboarding_retry
+    service = staticmethod(onboarding_retry)
 
     @_action_schema("provisioning_retry", "A new run of every step from step 0 (202)", 202)
     def post(self, request, tenant_id):
@@ -153,7 +153,7 @@ class OnboardingRetryApi(_OnboardingActionApi):
 
 
 class OnboardingCancelApi(_OnboardingActionApi):
-    service = onboarding_cancel
+    service = staticmethod(onboarding_cancel)
     success_status = status.HTTP_200_OK
 
     @_action_schema("provisioning_cancel", "Stop the active run; the onboarding becomes CANCELLED (200)", 200)
