@@ -43,3 +43,11 @@ class NothingToContinue(Conflict):
 
 class NoActiveRun(Conflict):
     code = "no_active_run"
+
+
+# --- The operators' API (issue 4) ---------------------------------------------------------------------------------
+class InvalidCredentials(DomainError):
+    """A log-in with an unknown email or a wrong password (never says which)."""
+
+    http_status = 401
+    code = "invalid_credentials"

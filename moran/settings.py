@@ -247,3 +247,59 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- The operators' API (issue 4) ---------------------------------------------------------------------------------
+INSTALLED_APPS += ["drf_spectacular", "accounts"]
+
+# Log-in tokens: an ApiToken row per log-in (hashed; revocable), valid this many seconds.
+MORAN_API_TOKEN_TTL = env.int("MORAN_API_TOKEN_TTL", default=8 * 3600)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.BearerTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON in, JSON out: no browsable HTML API (the docs page is /api/docs/).
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "moran.api.exception_handlers.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "moran.api.schema.AutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # Only the log-in view is throttled (its own throttle classes); these are its rates.
+    "DEFAULT_THROTTLE_RATES": {
+        "login_address": env.str("MORAN_LOGIN_RATE_PER_ADDRESS", default="10/min"),
+        "login_email": env.str("MORAN_LOGIN_RATE_PER_EMAIL", default="5/min"),
+    },
+    # Behind a proxy, set NUM_PROXIES so throttles count the client's address, not the proxy's.
+    "NUM_PROXIES": env.int("MORAN_NUM_PROXIES", default=0) or None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Moran operators' API",
+    "DESCRIPTION": "Tenants and their provisioning. Log in at POST /api/auth/login, then send "
+    "`Authorization: Bearer <access_token>`. Errors are JSON: {error, detail, fields?}.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": r"/api/",
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "ENUM_NAME_OVERRIDES": {
+        "OnboardingStatusEnum": "moran.api.enums.ONBOARDING_STATUSES",
+        "StepStatusEnum": "moran.api.enums.STEP_STATUSES",
+        "StepNameEnum": "moran.api.enums.STEPS",
+        "LogLevelEnum": "moran.api.enums.LOG_LEVELS",
+    },
+}
+
+# The cache counts log-in attempts for the throttles. Django's default (LocMem) is per process: with several web
+# processes each would count on its own. So: CACHE_URL, else REDIS_URL, else the broker when it is Redis (keys are
+# prefixed, they do not mix with Celery's); LocMem only in the embedded default (one process).
+_cache_url = env.str("CACHE_URL", default="") or env.str("REDIS_URL", default="")
+if not _cache_url and CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    _cache_url = CELERY_BROKER_URL
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _cache_url, "KEY_PREFIX": "moran"}
+        if _cache_url
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "moran"}
+    )
+}

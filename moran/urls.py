@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -13,3 +13,9 @@ urlpatterns += [
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics.metrics, name="metrics"),
 ]
+
+# --- The operators' API (issue 4) ---------------------------------------------------------------------------------
+urlpatterns += [path("api/", include(("moran.api.urls", "api")))]
+# JSON instead of Django's HTML pages for /api/ paths (the catch-all in moran.api.urls covers unknown URLs too).
+handler404 = "moran.api.exception_handlers.handler404"
+handler500 = "moran.api.exception_handlers.handler500"
