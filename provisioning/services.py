@@ -24,6 +24,7 @@ from provisioning.state import (
     ANY_RUN,
     DONE,
     Stale,
+    derive,
     initial_steps,
     now_iso,
     onboarding_write,
@@ -37,7 +38,12 @@ logger = logging.getLogger("moran.provisioning")
 
 # --- runs -------------------------------------------------------------------------------------------------------
 def onboarding_create(*, tenant: Tenant) -> Onboarding:
-    onboarding, _ = Onboarding.objects.get_or_create(tenant=tenant, defaults={"provisioning_steps": initial_steps()})
+    steps = initial_steps()
+    derived = derive(steps, run_active=False, previous_status=OnboardingStatus.PENDING)
+    onboarding, _ = Onboarding.objects.get_or_create(
+        tenant=tenant,
+        defaults={"provisioning_steps": steps, "status": derived.status, "current_step": derived.current_step},
+    )
     return onboarding
 
 

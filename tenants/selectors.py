@@ -29,9 +29,10 @@ def tenant_list(*, visible_to, status: str | None = None, search: str | None = N
     return qs
 
 
-def tenant_get_visible(*, identifier: str, visible_to) -> Tenant:
-    """A tenant by id (UUID) or slug among those the user may see; any other is "not found"."""
-    qs = tenant_list(visible_to=visible_to)
+def tenant_get_visible(*, identifier: str, visible_to=None) -> Tenant:
+    """A tenant by id (UUID) or slug among those the user may see (``visible_to=None``: the operator's terminal,
+    every tenant); any other is "not found"."""
+    qs = tenant_list(visible_to=visible_to) if visible_to is not None else Tenant.objects.select_related("engine")
     try:
         return qs.get(id=uuid.UUID(str(identifier)))
     except (ValueError, Tenant.DoesNotExist):

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from moran.errors import InvalidInput, NotFound
+from moran.errors import InvalidInput
 from provisioning.currencies import ISO_4217
 from tenants.models import EngineConnection, Tenant
 
@@ -99,20 +99,6 @@ def tenant_create(
         clashes = clashes or {"slug": ["A tenant with these details already exists"]}
         raise InvalidInput(invalid_message(clashes), fields=clashes) from None
     return tenant
-
-
-def tenant_get(*, identifier: str) -> Tenant:
-    qs = Tenant.objects.select_related("engine")
-    try:
-        import uuid
-
-        return qs.get(id=uuid.UUID(str(identifier)))
-    except (ValueError, Tenant.DoesNotExist):
-        pass
-    try:
-        return qs.get(slug=identifier)
-    except Tenant.DoesNotExist:
-        raise NotFound(f"Unknown tenant '{identifier}'") from None
 
 
 def engine_connection_test(*, connection: EngineConnection) -> tuple[bool, str]:

@@ -17,7 +17,7 @@ from provisioning.services import onboarding_start
 from tests.api_cast import *  # noqa: F403  (the fixed cast)
 from tests.api_cast import make_user
 from tests.conftest import ROOT, wait_for_status
-from tests.conftest import test_database_url as database_url
+from tests.conftest import worker_database_url as database_url
 
 pytestmark = [pytest.mark.realpath, pytest.mark.django_db(transaction=True)]
 

@@ -201,3 +201,13 @@ def test_a_redelivered_step_that_already_completed_in_its_run_does_nothing():
     onboarding = Onboarding.objects.get(pk=tenant.onboarding.pk)
     assert (first.kind, again.kind) == ("done", "done")
     assert onboarding.provisioning_steps["step_0_engine_check"]["attempts"] == 1
+
+
+def test_a_new_onboarding_is_pending_with_step_0_as_its_current_step():
+    onboarding = make_tenant().onboarding
+    assert (onboarding.status, onboarding.current_step, onboarding.steps_completed, onboarding.progress) == (
+        "PENDING",
+        "step_0_engine_check",
+        0,
+        0,
+    )

@@ -26,7 +26,8 @@ from provisioning.selectors import onboarding_status
 from provisioning.services import onboarding_continue, onboarding_retry, onboarding_start
 from provisioning.steps import STEP_NAMES, TOTAL_STEPS
 from tenants.models import EngineConnection
-from tenants.services import engine_get, tenant_create, tenant_get
+from tenants.selectors import tenant_get_visible
+from tenants.services import engine_get, tenant_create
 
 EXIT_OK, EXIT_NOT_COMPLETED, EXIT_BAD_INPUT = 0, 1, 2
 TERMINAL = {OnboardingStatus.COMPLETED, OnboardingStatus.PARTIAL, OnboardingStatus.FAILED, OnboardingStatus.CANCELLED}
@@ -158,7 +159,7 @@ class Command(BaseCommand):
         for flag in ("company", "abbr", "currency", "country", "admin_email", "engine"):
             if opts[flag]:
                 raise BadInput(f"--{flag.replace('_', '-')} is only used with --create")
-        return tenant_get(identifier=opts["slug"])
+        return tenant_get_visible(identifier=opts["slug"])
 
     def _read_only(self, tenant, *, verify: bool) -> int:
         engine = tenant.engine
