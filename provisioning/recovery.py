@@ -150,7 +150,7 @@ def sweep_onboarding(onboarding: Onboarding, *, now: dt.datetime | None = None) 
     def change(ob, steps):
         # The claim: the one writer locked the row and checked that the run is still in charge; the problem must
         # still be there on the locked row, or someone else (a worker, another sweeper) got there first.
-        again = diagnose(ob, ProvisioningRun.objects.get(pk=run.pk), now=timezone.now())
+        again = diagnose(ob, ProvisioningRun.objects.get(pk=run.pk), now=now)
         if again is None or (again.kind, again.step) != (problem.kind, problem.step):
             raise _Moved()
         entry = steps.get(problem.step) if problem.step else None
