@@ -159,6 +159,9 @@ def onboarding_cancel(*, onboarding: Onboarding, requested_by: str = "") -> Onbo
         if ob.run_id is None:
             raise NoActiveRun(f"No run is active for tenant '{ob.tenant.slug}': nothing to cancel")
         for name, entry in steps.items():
+            if entry["status"] == StepStatus.RUNNING:
+                # Its worker's result will not be recorded (fenced): this is the attempt's end in the log.
+                _log_row(ob, name, entry["attempts"], f"attempt {entry['attempts']} cancelled while running")
             if entry["status"] in ACTIVE:
                 steps[name] = {
                     **entry,
