@@ -78,12 +78,18 @@ class RedisServer:
 @contextlib.contextmanager
 def broker(url: str):
     """Point this test process's Celery app (the one that enqueues runs) at another broker for a while."""
-    previous = celery_app.conf.broker_url
+    previous, previous_env = celery_app.conf.broker_url, os.environ.get("CELERY_BROKER_URL")
+    # Celery reads CELERY_BROKER_URL from the environment before its configuration.
+    os.environ["CELERY_BROKER_URL"] = url
     celery_app.conf.broker_url = url
     celery_app._after_fork()  # drop the connection and producer pools of the previous broker
     try:
         yield
     finally:
+        if previous_env is None:
+            os.environ.pop("CELERY_BROKER_URL", None)
+        else:
+            os.environ["CELERY_BROKER_URL"] = previous_env
         celery_app.conf.broker_url = previous
         celery_app._after_fork()
 
@@ -188,3 +194,27 @@ def terminate_backends(application_name: str) -> int:
             [application_name],
         )
         return cursor.fetchone()[0]
+
+
+def worker_database_url(application_name: str) -> str:
+    from tests.conftest import test_database_url
+
+    return f"{test_database_url()}?application_name={application_name}"
+
+
+def confirmed_by_engine(onboarding) -> list[str]:
+    """The steps shown completed whose look still finds something missing in the engine (must be none)."""
+    from provisioning.engines import engine_for
+    from provisioning.steps import STEP_BY_NAME, StepContext, TenantSpec
+    from tenants.models import Tenant
+
+    tenant = Tenant.objects.select_related("engine").get(pk=onboarding.tenant_id)
+    ctx = StepContext(engine=engine_for(tenant.engine), spec=TenantSpec.from_tenant(tenant))
+    onboarding.refresh_from_db()
+    wrong = []
+    for name, entry in normalised(onboarding.provisioning_steps).items():
+        if entry["status"] == "completed" and name != STEP_NAMES[-1]:
+            look = STEP_BY_NAME[name].look(ctx)
+            if look.changes:
+                wrong.append(f"{name}: " + "; ".join(c.describe() for c in look.changes))
+    return wrong
