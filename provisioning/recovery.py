@@ -74,14 +74,17 @@ def diagnose(onboarding: Onboarding, run: ProvisioningRun, *, now: dt.datetime) 
     """What is wrong with the run in charge, or None. Reads only."""
     if run.outcome != ProvisioningRun.Outcome.ACTIVE or onboarding.run_id != run.id:
         return None
-    if run.enqueued_at is None:
+    steps = normalised(onboarding.provisioning_steps)
+    # A step that began in this run proves the run reached an executor, whatever enqueued_at says (the embedded mode
+    # sets it only after the whole chain ran in-process; a lost connection may have missed setting it).
+    began = any(entry.get("run_id") == str(run.id) for entry in steps.values())
+    if run.enqueued_at is None and not began:
         age = (now - run.created_at).total_seconds()
         if age >= settings.SWEEP_ENQUEUE_GRACE:
             return Problem(
                 "never_enqueued", None, f"the run was committed {age:.0f} s ago and never reached the broker"
             )
         return None
-    steps = normalised(onboarding.provisioning_steps)
     for name, entry in steps.items():
         if entry["status"] in ACTIVE:
             since = _since(entry)
@@ -95,7 +98,7 @@ def diagnose(onboarding: Onboarding, run: ProvisioningRun, *, now: dt.datetime) 
                 f"{name} has been {verb} for {age:.0f} s (attempt {entry['attempts']}; deadline "
                 f"{settings.SWEEP_STEP_DEADLINE} s)",
             )
-    idle = (now - max(onboarding.updated_at, run.enqueued_at)).total_seconds()
+    idle = (now - max(onboarding.updated_at, run.enqueued_at or run.created_at)).total_seconds()
     if idle >= settings.SWEEP_STALL_DEADLINE:
         first = next((n for n in STEP_NAMES if steps[n]["status"] not in DONE), None)
         return Problem(
