@@ -267,3 +267,18 @@ def test_the_command_says_what_it_did(stuck, settings, capsys):
     # then
     assert "stuck" in dry and "nothing changed" in dry
     assert f"{stuck.slug}: resumed (stuck)" in out and "done: 1 resumed" in out
+
+
+def test_it_does_not_send_again_a_run_that_began_without_enqueued_at(lost_broker, settings):
+    # given a run whose first step began although enqueued_at was never set (the embedded mode runs the chain before
+    # it sets it; or the connection was lost just after the broker took the chain)
+    tenant = make_tenant()
+    run = onboarding_start(onboarding=tenant.onboarding)
+    ProvisioningRun.objects.filter(pk=run.pk).update(enqueued_at=None)
+    run_steps(tenant.onboarding, 2)
+    # when the sweeper passes after the enqueue grace, within the stall deadline
+    settings.SWEEP_ENQUEUE_GRACE, settings.SWEEP_STALL_DEADLINE = 10, 600
+    actions = sweep(now=later(11))
+    # then it is not taken for never enqueued (nor sent twice)
+    assert actions == []
+    assert ProvisioningRun.objects.filter(onboarding=tenant.onboarding).count() == 1
