@@ -541,10 +541,20 @@ def step_lease(run_id, step_name: str, *, wait: float | None = None):
 
 
 def step_lease_free(run_id, step_name: str) -> bool:
-    """True when nobody holds the lease of this step of this run (for the sweeper: a step past its deadline whose
-    lease is still held is being run by a live session and is left alone)."""
-    with step_lease(run_id, step_name, wait=0) as held:
-        return held
+    """True when no session holds the lease of this step of this run (for the sweeper: a step past its deadline whose
+    lease is still held is being run by a live session and is left alone). A read of ``pg_locks``, not a try-lock,
+    so that two sweepers probing at once do not see each other's probe as a holder."""
+    if connection.vendor != "postgresql":
+        return True
+    key = step_lease_key(run_id, step_name)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND classid = ((%s::bigint >> 32) & 4294967295)::oid AND objid = (%s::bigint & 4294967295)::oid)",
+            [key, key],
+        )
+        return cursor.fetchone()[0]
 
 
 @contextlib.contextmanager
