@@ -66,6 +66,7 @@ class Chaos(threading.Thread):
             turn += 1
 
 
+@pytest.mark.timeout(1800)  # the suite's 600 s is for ordinary tests; the soak waits up to 1200 s for the tenants
 def test_soak_two_hundred_tenants_under_chaos(settings):
     started = time.monotonic()
     redis = RedisServer().start()
