@@ -96,6 +96,10 @@ class Stale(Exception):
     """The write came from a run that is no longer in charge."""
 
 
+#: how many times a write reconnects after losing its database connection (about 15 s in all).
+WRITE_RECONNECTS = 6
+
+
 def onboarding_write(
     onboarding_id: int,
     *,
@@ -133,10 +137,6 @@ def onboarding_write(
             connection.close()
             time.sleep(min(0.25 * 2**attempt, 4.0))
     raise AssertionError("unreachable")
-
-
-#: how many times a write reconnects after losing its database connection (about 15 s in all).
-WRITE_RECONNECTS = 6
 
 
 def _onboarding_write(onboarding_id, *, run_id, change, log, log_step, log_level, log_attempt) -> Onboarding:
