@@ -228,3 +228,23 @@ def test_an_engine_down_for_a_moment_is_ridden_out_by_retries(workers):
     assert onboarding.provisioning_steps[STEP_NAMES[5]]["attempts"] == 3
     assert StepLog.objects.filter(onboarding=onboarding, message__startswith="transient error").count() == 2
     assert_true_and_whole([tenant])
+
+
+def test_an_engine_too_slow_for_the_time_limit_fails_clearly_and_continue_finishes(workers):
+    # given an engine that answers every call of this tenant 1.5 s late, and steps with a 2 s soft time limit
+    workers(MORAN_STEP_SOFT_TIME_LIMIT=2, MORAN_STEP_TIME_LIMIT=20, MORAN_STEP_MAX_RETRIES=2)
+    tenant = slow_tenant(1500)
+    # when
+    onboarding_start(onboarding=tenant.onboarding)
+    # then the first step that overruns is retried, then failed with the reason; nothing after it ran
+    onboarding = wait_for_status(tenant.onboarding, {OnboardingStatus.FAILED, OnboardingStatus.PARTIAL}, timeout=180)
+    failed = [(n, e) for n, e in onboarding.provisioning_steps.items() if e["status"] == "failed"]
+    assert len(failed) == 1, onboarding.provisioning_steps
+    name, entry = failed[0]
+    assert entry["error"]["type"] == "TimeLimitExceeded" and "gave up after 3 attempts" in entry["error"]["message"]
+    assert confirmed_by_engine(onboarding) == []
+    # and once the engine is fast again, continue finishes
+    SandboxFault.objects.filter(tenant=tenant).delete()
+    onboarding_continue(onboarding=onboarding)
+    wait_for_status(onboarding, OnboardingStatus.COMPLETED, timeout=180)
+    assert_true_and_whole([tenant])
