@@ -74,7 +74,7 @@ def workers(redis_server, settings, django_db_setup):
         worker.kill()
 
 
-def slow_tenant(latency_ms=120):
+def slow_tenant(latency_ms=300):
     tenant = make_tenant()
     SandboxFault.objects.create(tenant=tenant, kind=SandboxFault.Kind.LATENCY, latency_ms=latency_ms)
     return tenant
@@ -97,7 +97,7 @@ def test_a_pool_child_killed_mid_step_is_redelivered_and_the_run_finishes(worker
     tenant = slow_tenant()
     onboarding_start(onboarding=tenant.onboarding)
     step = wait_for(lambda: running_step(tenant.onboarding.pk), timeout=60, interval=0.05, message="a running step")
-    time.sleep(0.2)
+    time.sleep(0.1)
     # when the pool process running it is killed
     assert kill_pool_children(worker) == 1
     # then its message comes back at once (reject_on_worker_lost) and the run finishes by itself
@@ -124,11 +124,11 @@ def test_a_whole_worker_killed_mid_step_loses_nothing_once_a_worker_is_back(work
     # then the unacknowledged messages come back (restored at the worker's start) and both runs finish by themselves
     wait_all([t.onboarding.pk for t in tenants], {OnboardingStatus.COMPLETED}, timeout=240)
     assert sum(interrupted_lines(t.onboarding) for t in tenants) >= 1
-    assert ProvisioningRun.objects.filter(onboarding__tenant__in=tenants, requested_by=SWEEPER).count() == 0
+    assert ProvisioningRun.objects.filter(onboarding__tenant__in=tenants).count() == 2  # the same runs finished
     assert_true_and_whole(tenants)
 
 
-def test_the_sweeper_resumes_a_run_whose_message_never_comes_back(workers, redis_server):
+def test_the_sweeper_resumes_a_run_whose_message_never_comes_back(workers, redis_server, settings):
     # given a worker killed mid-step, and its message not coming back (a visibility timeout of an hour)
     first = workers()
     tenant = slow_tenant()
@@ -145,7 +145,7 @@ def test_the_sweeper_resumes_a_run_whose_message_never_comes_back(workers, redis
         env={
             **WorkerProcess("x").env(),
             "CELERY_BROKER_URL": redis_server.url,
-            "MORAN_PROVISIONING_QUEUE": tenant_queue(),
+            "MORAN_PROVISIONING_QUEUE": settings.PROVISIONING_QUEUE,
             "MORAN_SWEEP_STEP_DEADLINE": "2",
         },
         capture_output=True,
@@ -159,12 +159,6 @@ def test_the_sweeper_resumes_a_run_whose_message_never_comes_back(workers, redis
     new_run = ProvisioningRun.objects.filter(onboarding=onboarding).first()
     assert (new_run.requested_by, STEP_NAMES[new_run.start_index]) == (SWEEPER, step)
     assert_true_and_whole([tenant])
-
-
-def tenant_queue():
-    from django.conf import settings
-
-    return settings.PROVISIONING_QUEUE
 
 
 def test_terminated_database_sessions_cost_a_reconnect_not_a_step(workers):
