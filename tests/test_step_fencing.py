@@ -126,3 +126,22 @@ def test_a_write_survives_its_session_being_terminated(run):
     # then it reconnected and the write is there
     assert onboarding.version >= 2
     assert StepLog.objects.filter(onboarding_id=run.onboarding_id, message="after").count() == 1
+
+
+def test_a_delivery_of_an_optional_step_skipped_in_this_run_does_not_run_it_again(run):
+    # given steps 0-5 completed and the optional step 6 skipped after a permanent engine refusal
+    from provisioning.models import SandboxFault
+
+    SandboxFault.objects.create(
+        tenant_id=run.onboarding.tenant_id, step=STEP_NAMES[6], kind=SandboxFault.Kind.PERMANENT, remaining=5
+    )
+    for name in STEP_NAMES[:6]:
+        assert deliver(run, name).kind == "done"
+    assert deliver(run, STEP_NAMES[6]).kind == "skipped"
+    # when step 6 is delivered again in the same run
+    outcome = deliver(run, STEP_NAMES[6])
+    # then it is not run again: the chain just goes on
+    assert outcome.kind == "done"
+    run.onboarding.refresh_from_db()
+    entry = run.onboarding.provisioning_steps[STEP_NAMES[6]]
+    assert (entry["status"], entry["attempts"]) == ("skipped", 1)
