@@ -11,9 +11,10 @@ What it looks for, on every onboarding with a run in charge:
   with a restarted broker that kept nothing).
 
 How it resolves them: it **resumes** the onboarding as a new run from the first step that is not completed or
-skipped (fencing discards any late message of the old run), up to ``SWEEP_MAX_RESUMES`` sweeper runs in a row;
-past that it **marks** the step failed with an ``Interrupted`` error and ends the run, so the onboarding is PARTIAL
-or FAILED with the reason, and continue works.
+skipped (fencing discards any late message of the old run). A step found interrupted while running
+``SWEEP_MAX_RESUMES`` times since an operator last started a run is a poison step: the sweeper then **marks** it
+failed with an ``Interrupted`` error and ends the run, so the onboarding is PARTIAL or FAILED with the reason, and
+continue works.
 
 Every decision is taken inside :func:`provisioning.state.onboarding_write` — the one writer — fenced on the run it
 diagnosed and diagnosed again on the locked row, so two sweepers at once (two beat instances by mistake) never both
@@ -37,8 +38,10 @@ from provisioning.steps import STEP_NAMES
 
 logger = logging.getLogger("moran.provisioning")
 
-#: ``requested_by`` of the runs the sweeper starts (and how it counts its own resumes in a row).
+#: ``requested_by`` of the runs the sweeper starts.
 SWEEPER = "sweeper"
+#: how the log line of an attempt the sweeper found interrupted ends (it counts them to find a poison step).
+FOUND_BY_SWEEPER = "(found by the sweeper)"
 
 
 @dataclass(frozen=True)
@@ -107,18 +110,17 @@ def diagnose(onboarding: Onboarding, run: ProvisioningRun, *, now: dt.datetime) 
     return None
 
 
-def _resumes_in_a_row(onboarding_id) -> int:
-    """How many of the latest runs, newest first, the sweeper started itself."""
-    count = 0
-    for requested_by in (
+def _interrupted_in_a_row(onboarding_id, step: str) -> int:
+    """How many attempts of this step the sweeper found interrupted since an operator last started a run."""
+    since = (
         ProvisioningRun.objects.filter(onboarding_id=onboarding_id)
+        .exclude(requested_by=SWEEPER)
         .order_by("-created_at")
-        .values_list("requested_by", flat=True)[: settings.SWEEP_MAX_RESUMES + 1]
-    ):
-        if requested_by != SWEEPER:
-            break
-        count += 1
-    return count
+        .values_list("created_at", flat=True)
+        .first()
+    )
+    lines = StepLog.objects.filter(onboarding_id=onboarding_id, step=step, message__endswith=FOUND_BY_SWEEPER)
+    return (lines.filter(created_at__gte=since) if since else lines).count()
 
 
 def sweep(*, now: dt.datetime | None = None) -> list[SweepAction]:
@@ -147,7 +149,14 @@ def sweep_onboarding(onboarding: Onboarding, *, now: dt.datetime | None = None) 
             return SweepAction(
                 slug, "left", problem.kind, f"{problem.detail}; its lease is still held by a live session"
             )
-    mark = _resumes_in_a_row(onboarding.pk) >= settings.SWEEP_MAX_RESUMES
+    # Only a step that keeps dying while it runs (a poison step: it crashes or exhausts its worker every time) is
+    # marked. A lost message (never enqueued, stalled, a retry that never came) is always resumed: doing so is safe,
+    # and a false alarm under a long queue only costs a message that fencing discards.
+    mark = (
+        problem.kind == "stuck"
+        and stuck_entry.get("status") == StepStatus.RUNNING
+        and _interrupted_in_a_row(onboarding.pk, problem.step) >= settings.SWEEP_MAX_RESUMES
+    )
     box: dict = {}
 
     def change(ob, steps):
@@ -163,7 +172,7 @@ def sweep_onboarding(onboarding: Onboarding, *, now: dt.datetime | None = None) 
                 ob,
                 problem.step,
                 entry["attempts"],
-                f"attempt {entry['attempts']} interrupted: its worker was lost (found by the sweeper)",
+                f"attempt {entry['attempts']} interrupted: its worker was lost {FOUND_BY_SWEEPER}",
                 StepLog.Level.WARNING,
             )
         if entry is not None and entry["status"] not in DONE:
@@ -186,19 +195,6 @@ def sweep_onboarding(onboarding: Onboarding, *, now: dt.datetime | None = None) 
                 },
             }
         if mark:
-            if problem.step is None:
-                first = next((n for n in STEP_NAMES if steps[n]["status"] not in DONE), None)
-                if first is not None:
-                    steps[first] = {
-                        **steps[first],
-                        "status": StepStatus.FAILED.value,
-                        "finished_at": now_iso(),
-                        "error": {
-                            "type": "Interrupted",
-                            "message": f"interrupted: {again.detail}",
-                            "engine_status": None,
-                        },
-                    }
             run_end(ob, ProvisioningRun.Outcome.STOPPED)
             box["action"] = "marked"
         else:

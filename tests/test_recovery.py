@@ -282,3 +282,17 @@ def test_it_does_not_send_again_a_run_that_began_without_enqueued_at(lost_broker
     # then it is not taken for never enqueued (nor sent twice)
     assert actions == []
     assert ProvisioningRun.objects.filter(onboarding=tenant.onboarding).count() == 1
+
+
+def test_it_never_gives_up_on_a_stalled_run(lost_broker, settings):
+    # given a run whose messages keep being lost (a broker that restarts empty, again and again)
+    settings.SWEEP_MAX_RESUMES = 1
+    tenant = make_tenant()
+    onboarding_start(onboarding=tenant.onboarding)
+    run_steps(tenant.onboarding, 2)
+    # when the sweeper finds it stalled more often than it may resume a step that dies
+    actions = [a.action for _ in range(3) for a in sweep(now=later(settings.SWEEP_STALL_DEADLINE + 1))]
+    # then it resumes it every time: a lost message is not a failure of the tenant
+    assert actions == ["resumed"] * 3
+    tenant.onboarding.refresh_from_db()
+    assert tenant.onboarding.status == OnboardingStatus.IN_PROGRESS
