@@ -8,6 +8,8 @@ TEST_BROKER_URL ?= redis://127.0.0.1:6379/0
 
 .PHONY: install demo test lint serve worker flower migrate up down
 
+.PHONY: install demo test test-faults lint serve worker flower migrate
+
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -25,6 +27,10 @@ demo: install
 test: install
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} \
 	  $(BIN)/pytest $(PYTEST_ARGS)
+
+# Only the fault tests and the soak (see RELIABILITY.md).
+test-faults: install
+	$(MAKE) test PYTEST_ARGS="-m fault -s $(PYTEST_ARGS)"
 
 lint: install
 	$(BIN)/ruff check .

@@ -65,3 +65,24 @@ def check_operations_settings(app_configs, **kwargs):
     if settings.LOG_FORMAT not in ("json", "plain"):
         errors.append(Error(f"LOG_FORMAT is '{settings.LOG_FORMAT}'.", hint="Use json or plain.", id="moran.E005"))
     return errors
+
+
+@register(Tags.compatibility)
+def check_redelivery_settings(app_configs, **kwargs):
+    """A Redis broker hands an unacknowledged message to another worker after the visibility timeout: shorter than
+    a step's hard time limit plus the longest retry countdown, a step still running (or a retry waiting for its
+    countdown) would be delivered a second time. The step lease makes that harmless, but it wastes a worker."""
+    if not settings.CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+        return []
+    visibility = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", 3600)
+    longest = settings.STEP_TIME_LIMIT + settings.STEP_RETRY_BACKOFF_MAX
+    if visibility > longest:
+        return []
+    return [
+        Warning(
+            f"The broker's visibility timeout ({visibility} s) is not longer than a step's hard time limit plus the "
+            f"longest retry countdown ({longest} s).",
+            hint="Raise MORAN_VISIBILITY_TIMEOUT, or lower MORAN_STEP_TIME_LIMIT / MORAN_STEP_RETRY_BACKOFF_MAX.",
+            id="moran.W003",
+        )
+    ]

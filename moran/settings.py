@@ -150,6 +150,30 @@ CELERY_TASK_SEND_SENT_EVENT = True
 STEP_MAX_RETRIES = env.int("MORAN_STEP_MAX_RETRIES", default=5)
 STEP_RETRY_BACKOFF = env.float("MORAN_STEP_RETRY_BACKOFF", default=2.0)
 
+# --- Reliability: step leases and the sweeper (issue 6) ----------------------------------------------------------
+# A second delivery of a step that another worker is running waits this long for its lease before it is dropped
+# (covers the moment between a worker's death and PostgreSQL noticing its session ended).
+STEP_LEASE_WAIT = env.float("MORAN_STEP_LEASE_WAIT", default=5.0)
+# The sweeper (task provisioning.sweep on beat, and `manage.py sweep_provisioning`) resolves what no worker will:
+# a step running or retrying past its deadline, a run committed but never enqueued, a run with no step in flight and
+# no progress. A step's deadline is its hard time limit plus the longest retry countdown plus a margin; a live step is
+# killed by its hard limit before it, so past it the step's worker is gone.
+SWEEP_MARGIN = env.int("MORAN_SWEEP_MARGIN", default=60)
+SWEEP_STEP_DEADLINE = env.int(
+    "MORAN_SWEEP_STEP_DEADLINE", default=STEP_TIME_LIMIT + STEP_RETRY_BACKOFF_MAX + SWEEP_MARGIN
+)
+# A run with no step in flight (its next message lost with a broker) and no write for this long is stalled. It must
+# exceed the longest wait of a message in the queue behind other tenants' steps.
+SWEEP_STALL_DEADLINE = env.int("MORAN_SWEEP_STALL_DEADLINE", default=2 * SWEEP_STEP_DEADLINE)
+# A run committed this long ago whose enqueue never succeeded (enqueued_at empty) is sent again as a new run.
+SWEEP_ENQUEUE_GRACE = env.int("MORAN_SWEEP_ENQUEUE_GRACE", default=120)
+# How many times in a row the sweeper resumes an onboarding by itself; past it, the interrupted step is marked
+# failed ("Interrupted") and the onboarding PARTIAL/FAILED, for an operator to look at and continue.
+SWEEP_MAX_RESUMES = env.int("MORAN_SWEEP_MAX_RESUMES", default=3)
+SWEEP_INTERVAL = env.int("MORAN_SWEEP_INTERVAL", default=60)
+
+# beat schedules provisioning.sweep every SWEEP_INTERVAL seconds: see celery_app.beat_schedule.
+
 # --- Provisioning ---------------------------------------------------------------------------------------------
 # The engine connection a tenant gets when none is named.
 DEFAULT_ENGINE = env.str("MORAN_DEFAULT_ENGINE", default="sandbox")
@@ -181,9 +205,8 @@ CELERY_WORKER_MAX_TASKS_PER_CHILD = env.int("MORAN_WORKER_MAX_TASKS_PER_CHILD", 
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # Periodic jobs for `celery beat`. The schedule is built in celery_app.py once the tasks are registered: an entry is
-# added only for a task that exists (the sweeper, `provisioning.sweep`, lands separately). MORAN_SWEEP_INTERVAL=0
-# turns it off.
-SWEEP_INTERVAL = env.int("MORAN_SWEEP_INTERVAL", default=60)
+# added only for a task that exists (the sweeper, `provisioning.sweep`, every SWEEP_INTERVAL seconds, set above).
+# MORAN_SWEEP_INTERVAL=0 turns it off.
 CELERY_BEAT_SCHEDULE: dict = {}
 
 # Notifications: a webhook called when an onboarding reaches COMPLETED, PARTIAL or FAILED. A tenant's own URL wins

@@ -6,8 +6,10 @@ The CLI, the API, the admin and the Celery tasks all call these.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import random
+import time
 import zlib
 from dataclasses import dataclass
 
@@ -94,6 +96,21 @@ def _begin(onboarding: Onboarding, *, kind: str, requested_by: str, choose_start
     return runs[0]
 
 
+def run_resume(ob: Onboarding, steps: dict, *, requested_by: str) -> ProvisioningRun | None:
+    """Inside a locked write (the sweeper's): end the run in charge as superseded and begin a new one from the first
+    step that is not completed or skipped, exactly as continue would; fencing then discards any late message of the
+    old run. Returns None (and ends the run as completed) when every step is done already."""
+    start = _first_incomplete(steps)
+    if start is None:
+        run_end(ob, ProvisioningRun.Outcome.COMPLETED)
+        return None
+    for name in STEP_NAMES[start:]:
+        if steps[name]["status"] != StepStatus.COMPLETED:
+            steps[name] = {**steps[name], "status": StepStatus.PENDING.value, "started_at": None, "finished_at": None}
+    run_end(ob, ProvisioningRun.Outcome.SUPERSEDED)
+    return _run_begin(ob, kind=RunKind.CONTINUE, start_index=start, requested_by=requested_by)
+
+
 def onboarding_start(*, onboarding: Onboarding, requested_by: str = "") -> ProvisioningRun:
     """The first run of a new onboarding, from step 0."""
 
@@ -148,6 +165,9 @@ def onboarding_cancel(*, onboarding: Onboarding, requested_by: str = "") -> Onbo
         if ob.run_id is None:
             raise NoActiveRun(f"No run is active for tenant '{ob.tenant.slug}': nothing to cancel")
         for name, entry in steps.items():
+            if entry["status"] == StepStatus.RUNNING:
+                # Its worker's result will not be recorded (fenced): this is the attempt's end in the log.
+                _log_row(ob, name, entry["attempts"], f"attempt {entry['attempts']} cancelled while running")
             if entry["status"] in ACTIVE:
                 steps[name] = {
                     **entry,
@@ -211,7 +231,7 @@ def run_enqueue(*, run_id) -> bool:
 # --- step execution ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Outcome:
-    kind: str  # "done" | "stale" | "retry" | "failed" | "skipped"
+    kind: str  # "done" | "stale" | "duplicate" | "retry" | "failed" | "skipped"
     message: str = ""
     countdown: float = 0.0
 
@@ -228,22 +248,60 @@ def retry_countdown(retries: int, retry_after: float | None = None) -> float:
 def step_execute(*, onboarding_id: int, run_id: str, step_name: str, retries: int, max_retries: int) -> Outcome:
     """Run one step for the run in charge. Records every transition through the one writer and returns what the task
     must do next. The engine is called outside any transaction or lock (except where a step asks to be serialized
-    per engine)."""
+    per engine).
+
+    At most one delivery of a step of a run executes at a time: it holds the step's lease (:func:`step_lease`) from
+    before it begins until it recorded its end. A second delivery of the same step (a message redelivered while its
+    first delivery still runs, or a chain continued twice after a worker died between sending the next step and
+    acknowledging) finds the lease taken and stops ("duplicate"): the holder's own message stays unacknowledged
+    until it ends, so nothing is lost by dropping the copy.
+    """
+    with step_lease(run_id, step_name) as held:
+        if not held:
+            _log(
+                onboarding_id,
+                run_id,
+                step_name,
+                0,
+                "a second delivery of this step was dropped: another worker is running it",
+                StepLog.Level.WARNING,
+            )
+            return Outcome("duplicate")
+        return _step_execute(
+            onboarding_id=onboarding_id, run_id=run_id, step_name=step_name, retries=retries, max_retries=max_retries
+        )
+
+
+def _step_execute(*, onboarding_id: int, run_id: str, step_name: str, retries: int, max_retries: int) -> Outcome:
     step = STEP_BY_NAME[step_name]
     is_last = step_name == STEP_NAMES[-1]
     attempt_box = {}
 
     def begin(ob, steps):
         entry = steps[step_name]
-        if entry["status"] == StepStatus.COMPLETED and entry.get("run_id") == str(ob.run_id):
-            # Delivered again after it completed in this run (a worker died before acknowledging): nothing to do.
+        if entry["status"] in DONE and entry.get("run_id") == str(ob.run_id):
+            # Delivered again after it ended in this run (a worker died before acknowledging, or a chain continued
+            # twice): nothing to do but let the chain go on.
             attempt_box["already"] = True
             return steps
-        attempt_box["attempt"] = entry["attempts"] + 1
+        if entry["status"] == StepStatus.RUNNING and entry.get("run_id") == str(ob.run_id):
+            # We hold the step's lease, so nobody runs the attempt that began: its worker was lost (killed, or its
+            # database session ended). Say so, so that every attempt has an end in the log.
+            _log_row(
+                ob,
+                step_name,
+                entry["attempts"],
+                f"attempt {entry['attempts']} interrupted: its worker was lost before it finished "
+                "(the step's message was delivered again)",
+                StepLog.Level.WARNING,
+            )
+        attempt = attempt_box["attempt"] = entry["attempts"] + 1
+        # In the same transaction as the attempt count, so the count and the log lines always agree.
+        _log_row(ob, step_name, attempt, f"attempt {attempt} started")
         steps[step_name] = {
             **entry,
             "status": StepStatus.RUNNING.value,
-            "attempts": entry["attempts"] + 1,
+            "attempts": attempt,
             "started_at": now_iso(),
             "finished_at": None,
             "run_id": str(ob.run_id),
@@ -257,7 +315,7 @@ def step_execute(*, onboarding_id: int, run_id: str, step_name: str, retries: in
     if attempt_box.get("already"):
         return Outcome("done", "already completed in this run")
     attempt = attempt_box["attempt"]
-    _log(onboarding_id, run_id, step_name, attempt, f"attempt {attempt} started")
+    logger.info("attempt %s started", attempt, extra={"run_id": str(run_id), "step": step_name})
 
     tenant = Tenant.objects.select_related("engine").get(pk=onboarding.tenant_id)
     skipped = frozenset(n for n, e in onboarding.provisioning_steps.items() if e.get("status") == StepStatus.SKIPPED)
@@ -314,6 +372,13 @@ def step_execute(*, onboarding_id: int, run_id: str, step_name: str, retries: in
     return _step_failed(onboarding_id, run_id, step_name, attempt, error)
 
 
+def _log_row(onboarding, step, attempt, message, level=StepLog.Level.INFO):
+    """A log line written inside the one writer's transaction (it commits or rolls back with the state)."""
+    StepLog.objects.create(
+        onboarding=onboarding, run_id=onboarding.run_id, step=step, attempt=attempt, level=level, message=message
+    )
+
+
 def _log(onboarding_id, run_id, step, attempt, message, level=StepLog.Level.INFO):
     StepLog.objects.create(
         onboarding_id=onboarding_id, run_id=run_id, step=step, attempt=attempt, level=level, message=message
@@ -340,8 +405,13 @@ def _finish(
     outcome: Outcome,
 ):
     def change(ob, steps):
+        entry = steps[step_name]
+        if entry["status"] != StepStatus.RUNNING or entry["attempts"] != attempt:
+            # Fenced per attempt: a later attempt of this step began (this one was taken for lost), so this late
+            # result is not recorded; the later attempt records its own.
+            raise Stale(f"attempt {attempt} of {step_name} is no longer the step's current attempt")
         steps[step_name] = {
-            **steps[step_name],
+            **entry,
             "status": status,
             "error": error,
             "finished_at": now_iso(),
@@ -437,6 +507,60 @@ def plan_steps(*, tenant: Tenant) -> list[tuple[str, object]]:
         except (StepFailed, EngineError) as exc:
             out.append((step.name, exc))
     return out
+
+
+def step_lease_key(run_id, step_name: str) -> int:
+    """The advisory-lock key of one step of one run (a signed 64-bit integer, as PostgreSQL wants)."""
+    digest = hashlib.blake2b(f"moran:step:{run_id}:{step_name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+@contextlib.contextmanager
+def step_lease(run_id, step_name: str, *, wait: float | None = None):
+    """Hold the lease of a step of a run while it executes: a PostgreSQL session advisory lock, which the server
+    releases by itself when the holder's session ends — a killed worker (SIGKILL of the child or of the whole worker)
+    frees it at once, no timeout to wait for. Yields False when another session holds it after ``wait`` seconds
+    (a short wait covers the moment between a worker's death and the server noticing it). SQLite (the embedded mode)
+    has a single process and needs no lease."""
+    if connection.vendor != "postgresql":
+        yield True
+        return
+    wait = settings.STEP_LEASE_WAIT if wait is None else wait
+    key = step_lease_key(run_id, step_name)
+    deadline = time.monotonic() + wait
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+            held = cursor.fetchone()[0]
+        if held or time.monotonic() >= deadline:
+            break
+        time.sleep(0.25)
+    try:
+        yield held
+    finally:
+        if held:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+            except (OperationalError, InterfaceError):
+                pass  # the session is gone, and the lock with it
+
+
+def step_lease_free(run_id, step_name: str) -> bool:
+    """True when no session holds the lease of this step of this run (for the sweeper: a step past its deadline whose
+    lease is still held is being run by a live session and is left alone). A read of ``pg_locks``, not a try-lock,
+    so that two sweepers probing at once do not see each other's probe as a holder."""
+    if connection.vendor != "postgresql":
+        return True
+    key = step_lease_key(run_id, step_name)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND classid = ((%s::bigint >> 32) & 4294967295)::oid AND objid = (%s::bigint & 4294967295)::oid)",
+            [key, key],
+        )
+        return cursor.fetchone()[0]
 
 
 @contextlib.contextmanager

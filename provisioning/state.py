@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from provisioning.models import Onboarding, OnboardingStatus, ProvisioningRun, StepLog, StepStatus
@@ -95,12 +96,16 @@ class Stale(Exception):
     """The write came from a run that is no longer in charge."""
 
 
+#: how many times a write reconnects after losing its database connection (about 15 s in all).
+WRITE_RECONNECTS = 6
+
+
 def onboarding_write(
     onboarding_id: int,
     *,
     run_id,
     change: Callable[[Onboarding, dict], dict],
-    log: str | None = None,
+    log: str | Callable[[], str] | None = None,
     log_step: str = "",
     log_level: str = StepLog.Level.INFO,
     log_attempt: int = 0,
@@ -109,7 +114,32 @@ def onboarding_write(
     normalised step states, may also set run fields on the onboarding, and returns the new step states.
 
     Raises :class:`Stale` (and writes nothing) when ``run_id`` is not the run in charge.
+
+    A database connection lost before the commit (PostgreSQL restarted, the backend terminated) is not a lost
+    update: outside any outer transaction the write reconnects and is applied again, a few times over a few seconds,
+    before the error propagates. ``change`` must therefore be a function of the locked row only (they all are).
     """
+    for attempt in range(WRITE_RECONNECTS + 1):
+        try:
+            return _onboarding_write(
+                onboarding_id,
+                run_id=run_id,
+                change=change,
+                log=log,
+                log_step=log_step,
+                log_level=log_level,
+                log_attempt=log_attempt,
+            )
+        except (OperationalError, InterfaceError):
+            if connection.in_atomic_block or attempt == WRITE_RECONNECTS:
+                raise  # an outer transaction is lost with the connection: only its owner may start it again
+            logger.warning("database connection lost while writing onboarding %s; reconnecting", onboarding_id)
+            connection.close()
+            time.sleep(min(0.25 * 2**attempt, 4.0))
+    raise AssertionError("unreachable")
+
+
+def _onboarding_write(onboarding_id, *, run_id, change, log, log_step, log_level, log_attempt) -> Onboarding:
     with transaction.atomic():
         onboarding = Onboarding.objects.select_for_update().get(pk=onboarding_id)
         if run_id is not ANY_RUN and onboarding.run_id != (uuid.UUID(str(run_id)) if run_id else None):
@@ -131,6 +161,8 @@ def onboarding_write(
             from provisioning.notifications import onboarding_run_ended
 
             onboarding_run_ended(onboarding=onboarding, run_id=run_before, status=onboarding.status)
+        if callable(log):
+            log = log()  # a message that depends on what ``change`` decided
         if log:
             StepLog.objects.create(
                 onboarding=onboarding,

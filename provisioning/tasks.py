@@ -9,8 +9,9 @@ step stops the chain by raising :class:`StepFailedError`; a transient error is r
 from celery import shared_task
 from celery.exceptions import Ignore
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
 
-from provisioning.services import step_execute
+from provisioning.services import retry_countdown, step_execute
 from provisioning.steps import STEP_NAMES
 
 
@@ -20,14 +21,22 @@ class StepFailedError(Exception):
 
 def _make_step_task(step_name: str):
     def step_task(self, onboarding_id, run_id, tenant=""):
-        outcome = step_execute(
-            onboarding_id=onboarding_id,
-            run_id=run_id,
-            step_name=step_name,
-            retries=self.request.retries,
-            max_retries=self.max_retries,
-        )
-        if outcome.kind == "stale":
+        try:
+            outcome = step_execute(
+                onboarding_id=onboarding_id,
+                run_id=run_id,
+                step_name=step_name,
+                retries=self.request.retries,
+                max_retries=self.max_retries,
+            )
+        except (OperationalError, InterfaceError) as exc:
+            # Our database went away longer than a write's reconnects: failing the task would acknowledge the
+            # message and strand the run. Send it again later on a fresh connection; a step that had begun is seen
+            # as interrupted by the next attempt.
+            connection.close()
+            # Bounded all the same (about half an hour with the default backoff): past it the sweeper takes over.
+            raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries), max_retries=30) from exc
+        if outcome.kind in ("stale", "duplicate"):
             raise Ignore()
         if outcome.kind == "retry":
             raise self.retry(countdown=outcome.countdown, max_retries=self.max_retries)
@@ -81,3 +90,11 @@ from provisioning.notifications import WebhookTransientError, webhook_send  # no
 def webhook_deliver(self, *, run_id, status, tenant=""):
     """Notify the tenant's webhook that run ``run_id`` ended with the onboarding in ``status``."""
     webhook_send(run_id=run_id, status=status, attempt=self.request.retries + 1)
+
+
+@shared_task(name="provisioning.sweep", acks_late=False, ignore_result=True)
+def sweep():
+    """One pass of the sweeper (on beat, every ``MORAN_SWEEP_INTERVAL`` seconds). Two at once are safe."""
+    from provisioning.recovery import sweep as sweep_pass
+
+    return [str(action) for action in sweep_pass()]

@@ -1,0 +1,30 @@
+"""The sweeper's wiring: its beat entry, its task, and the check that guards the broker's redelivery settings."""
+
+import pytest
+from django.conf import settings as django_settings
+
+from celery_app import app, beat_schedule
+from moran.checks import check_redelivery_settings
+
+
+def test_the_beat_schedule_runs_the_sweep_task():
+    app.loader.import_default_modules()
+    assert "provisioning.sweep" in app.tasks
+    entry = beat_schedule(set(app.tasks))["provisioning.sweep"]
+    assert entry["task"] == "provisioning.sweep"
+    assert entry["schedule"] == float(django_settings.SWEEP_INTERVAL) == 60.0
+
+
+@pytest.mark.django_db
+def test_the_sweep_task_returns_what_it_did(eager):
+    from provisioning.tasks import sweep
+
+    assert sweep.apply().get() == []
+
+
+def test_it_warns_when_the_visibility_timeout_is_shorter_than_a_step(settings):
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:6379/0"
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 60}
+    assert [e.id for e in check_redelivery_settings(None)] == ["moran.W003"]
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    assert check_redelivery_settings(None) == []
