@@ -268,7 +268,12 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # A worker's start and "ready." lines are logged whatever LOG_LEVEL says: one line per start, and what log
+        # watchers (and the test fixtures) wait for.
+        "celery.apps.worker": {"level": "INFO"},
+    },
 }
 
 # --- The operators' API (issue 4) ---------------------------------------------------------------------------------
