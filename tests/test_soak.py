@@ -67,7 +67,7 @@ class Chaos(threading.Thread):
 
 
 @pytest.mark.timeout(1800)  # the suite's 600 s is for ordinary tests; the soak waits up to 1200 s for the tenants
-def test_soak_two_hundred_tenants_under_chaos(settings):
+def test_soak_two_hundred_tenants_under_chaos(settings, capsys):
     started = time.monotonic()
     redis = RedisServer().start()
     queue = f"soak-{uuid.uuid4().hex[:10]}"
@@ -146,6 +146,11 @@ def test_soak_two_hundred_tenants_under_chaos(settings):
         "log lines": logs.count(),
         "wall time (s)": round(wall, 1),
     }
-    print("\nSOAK " + ", ".join(f"{k}: {v}" for k, v in figures.items()))
+    line = "SOAK " + ", ".join(f"{k}: {v}" for k, v in figures.items())
+    with capsys.disabled():  # the figures belong in CI's output, pass or fail
+        print("\n" + line)
+    artifacts = ROOT / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    (artifacts / "soak.txt").write_text(line + "\n")
     assert chaos.children_killed + chaos.workers_killed > 0
     assert onboardings.aggregate(n=Sum("steps_completed"))["n"] == TENANTS * TOTAL_STEPS
