@@ -199,21 +199,8 @@ class OnboardingAdmin(admin.ModelAdmin):
         ),
         ("Step state (raw, read-only)", {"classes": ["collapse"], "fields": ["steps_json", "version", "updated_at"]}),
     ]
-    readonly_fields = [
-        "tenant_link",
-        "engine_col",
-        "status_col",
-        "progress_col",
-        "current_step",
-        "run_link",
-        "started_col",
-        "finished_col",
-        "duration_col",
-        "last_error_full",
-        "steps_json",
-        "version",
-        "updated_at",
-    ]
+    # Every field shown is read-only: step state is written by the services alone.
+    readonly_fields = [name for _, options in fieldsets for name in options["fields"]]
 
     class Media:
         css = {"all": ["provisioning/admin.css"]}
