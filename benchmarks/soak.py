@@ -1,4 +1,4 @@
-"""Run the soak (tests/test_soak.py) with a number of tenants and print its figures.
+"""Run the soak (tests/faults/test_soak.py) with a number of tenants and print its figures.
 
     DATABASE_URL=postgres://… CELERY_BROKER_URL=redis://… .venv/bin/python benchmarks/soak.py 100
 
@@ -15,5 +15,5 @@ ROOT = Path(__file__).resolve().parent.parent
 
 if __name__ == "__main__":
     tenants = sys.argv[1] if len(sys.argv) > 1 else "200"
-    command = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:logging", "-m", "soak", "tests/test_soak.py"]
+    command = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:logging", "-m", "soak", "tests/faults/test_soak.py"]
     sys.exit(subprocess.call(command, cwd=ROOT, env={**os.environ, "MORAN_SOAK_TENANTS": tenants}))

@@ -1,0 +1,156 @@
+"""The soak: 200 tenants provisioned by two worker processes while a chaos loop kills a worker every few seconds —
+SIGKILL of a pool process (its message comes back at once) or of a whole worker (its messages come back when the
+worker is restarted after the visibility timeout) — with the sweeper passing. At the end every onboarding is
+COMPLETED, every step's attempts add up with its log lines, and the engine holds no duplicate. Prints the figures.
+
+``MORAN_SOAK_TENANTS`` changes the number of tenants (200 by default, as the issue asks)."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+import uuid
+
+import pytest
+from django.db.models import Sum
+
+from provisioning.models import Onboarding, OnboardingStatus, ProvisioningRun, StepLog
+from provisioning.recovery import SWEEPER, sweep
+from provisioning.services import onboarding_start
+from provisioning.steps import TOTAL_STEPS
+from tests.support.factories import make_tenant
+from tests.support.faultkit import (
+    RedisServer,
+    assert_attempts_add_up,
+    broker,
+    confirmed_by_engine,
+    engine_duplicates,
+    kill_pool_children,
+    wait_all,
+    worker_database_url,
+)
+from tests.support.workers import ROOT, WorkerProcess
+
+pytestmark = [pytest.mark.soak, pytest.mark.fault, pytest.mark.realpath, pytest.mark.django_db(transaction=True)]
+
+TENANTS = int(os.environ.get("MORAN_SOAK_TENANTS", "200"))
+VISIBILITY_TIMEOUT = 10
+CHAOS_EVERY = 4.0  # seconds between two kills
+
+
+class Chaos(threading.Thread):
+    """Kills a worker every few seconds: a pool process, or the whole worker (restarted once its unacknowledged
+    messages are past the visibility timeout, so that they are restored at its start)."""
+
+    def __init__(self, workers):
+        super().__init__(daemon=True)
+        self.workers = workers
+        self.stop = threading.Event()
+        self.children_killed = 0
+        self.workers_killed = 0
+        self.rng = random.Random(6)
+
+    def run(self):
+        turn = 0
+        while not self.stop.wait(CHAOS_EVERY):
+            worker = self.workers[turn % len(self.workers)]
+            if turn % 3 == 2:
+                worker.kill()
+                self.workers_killed += 1
+                self.stop.wait(VISIBILITY_TIMEOUT + 1)
+                worker.start()
+            else:
+                self.children_killed += kill_pool_children(worker)
+            turn += 1
+
+
+@pytest.mark.timeout(1800)  # the suite's 600 s is for ordinary tests; the soak waits up to 1200 s for the tenants
+def test_soak_two_hundred_tenants_under_chaos(settings, capsys):
+    started = time.monotonic()
+    redis = RedisServer().start()
+    queue = f"soak-{uuid.uuid4().hex[:10]}"
+    settings.PROVISIONING_QUEUE = queue
+    # The sweeper's deadlines for this run: steps take well under a second, but a step's message waits behind every
+    # other tenant's in the queue.
+    settings.SWEEP_STEP_DEADLINE = 90
+    settings.SWEEP_STALL_DEADLINE = 90
+    settings.SWEEP_ENQUEUE_GRACE = 30
+    env = {
+        "CELERY_BROKER_URL": redis.url,
+        "DATABASE_URL": worker_database_url("moran-soak-worker"),
+        "MORAN_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
+        "MORAN_STEP_MAX_RETRIES": "10",
+        "LOG_LEVEL": "WARNING",
+    }
+    workers = [
+        WorkerProcess(queue, env=env, log_path=ROOT / "var" / "test-logs" / f"worker-{queue}-{i}.log") for i in range(2)
+    ]
+    chaos = Chaos(workers)
+    swept = []
+    try:
+        for worker in workers:
+            worker.start()
+        with broker(redis.url):
+            # given 200 tenants, all started at once
+            tenants = [make_tenant() for _ in range(TENANTS)]
+            for tenant in tenants:
+                onboarding_start(onboarding=tenant.onboarding)
+            # when a worker is killed every few seconds until they are all done
+            chaos.start()
+            last_sweep = [0.0]
+
+            def tick():
+                if time.monotonic() - last_sweep[0] > 5:
+                    swept.extend(sweep())
+                    last_sweep[0] = time.monotonic()
+
+            wait_all([t.onboarding.pk for t in tenants], {OnboardingStatus.COMPLETED}, timeout=1200, tick=tick)
+            chaos.stop.set()
+            chaos.join(60)
+    finally:
+        chaos.stop.set()
+        for worker in workers:
+            worker.kill()
+        redis.close()
+    wall = time.monotonic() - started
+
+    # then every onboarding is COMPLETED and true, every attempt accounted for, nothing twice in the engine
+    onboardings = Onboarding.objects.filter(tenant__in=tenants)
+    assert onboardings.filter(status=OnboardingStatus.COMPLETED, steps_completed=TOTAL_STEPS).count() == TENANTS
+    assert not ProvisioningRun.objects.filter(onboarding__in=onboardings, outcome="active").exists()
+    for onboarding in onboardings.select_related("tenant"):
+        assert_attempts_add_up(onboarding)
+    for tenant in random.Random(1).sample(tenants, min(20, TENANTS)):
+        assert confirmed_by_engine(tenant.onboarding) == []
+    assert engine_duplicates(tenants) == []
+    logs = StepLog.objects.filter(onboarding__in=onboardings)
+    attempts = sum(
+        entry["attempts"]
+        for steps in onboardings.values_list("provisioning_steps", flat=True)
+        for entry in steps.values()
+    )
+    figures = {
+        "tenants": TENANTS,
+        "steps": TENANTS * TOTAL_STEPS,
+        "attempts": attempts,
+        "pool processes killed": chaos.children_killed,
+        "whole workers killed": chaos.workers_killed,
+        "redeliveries (interrupted attempts resumed)": logs.filter(message__contains="delivered again").count(),
+        "duplicate deliveries dropped": logs.filter(message__contains="second delivery").count(),
+        "transient retries": logs.filter(message__startswith="transient error").count(),
+        "sweeper actions": len(swept),
+        "sweeper runs": ProvisioningRun.objects.filter(onboarding__in=onboardings, requested_by=SWEEPER).count(),
+        "runs": ProvisioningRun.objects.filter(onboarding__in=onboardings).count(),
+        "log lines": logs.count(),
+        "wall time (s)": round(wall, 1),
+    }
+    line = "SOAK " + ", ".join(f"{k}: {v}" for k, v in figures.items())
+    with capsys.disabled():  # the figures belong in CI's output, pass or fail
+        print("\n" + line)
+    artifacts = ROOT / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    (artifacts / "soak.txt").write_text(line + "\n")
+    assert chaos.children_killed + chaos.workers_killed > 0
+    assert onboardings.aggregate(n=Sum("steps_completed"))["n"] == TENANTS * TOTAL_STEPS

@@ -1,0 +1,242 @@
+"""Notifications: the signed webhook call of an onboarding's end state (services, eager path, real worker)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+import uuid
+
+import pytest
+from django.conf import settings as django_settings
+
+from provisioning.models import OnboardingStatus, ProvisioningRun, SandboxFault
+from provisioning.notifications import WebhookTransientError, webhook_send, webhook_signature
+from provisioning.services import onboarding_cancel, onboarding_continue, onboarding_start
+from tests.support.factories import make_tenant
+from tests.support.webhook_receiver import WebhookReceiver
+from tests.support.workers import WorkerProcess, realpath_available, wait_for_status
+
+SECRET = "test-webhook-secret"
+
+
+def signed_ok(call, secret=SECRET) -> bool:
+    expected = "sha256=" + hmac.new(secret.encode(), call.body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(call.headers.get("X-Moran-Signature", ""), expected)
+
+
+def fail_step(tenant, step, times=1):
+    SandboxFault.objects.create(tenant=tenant, step=step, kind=SandboxFault.Kind.PERMANENT, remaining=times)
+
+
+@pytest.fixture
+def receiver():
+    with WebhookReceiver() as r:
+        yield r
+
+
+# --- the service, in-process ---------------------------------------------------------------------------------------
+@pytest.mark.django_db
+def test_it_signs_the_body_and_sends_the_idempotency_key(receiver, settings, eager, on_commit):
+    # given
+    settings.WEBHOOK_SECRET = SECRET
+    tenant = make_tenant(webhook_url=receiver.url("/t"))
+    # when
+    run = on_commit(onboarding_start, onboarding=tenant.onboarding)
+    # then
+    (call,) = receiver.wait_for("/t", 1)
+    assert signed_ok(call)
+    assert not signed_ok(call, secret="another-secret")
+    assert call.headers["Idempotency-Key"] == f"{run.id}:COMPLETED"
+    assert call.headers["X-Moran-Event"] == "onboarding.ended"
+    body = call.json
+    assert body["status"] == "COMPLETED"
+    assert body["tenant"]["slug"] == tenant.slug
+    assert body["run"] == {**body["run"], "id": str(run.id), "kind": "start", "outcome": "completed"}
+    assert body["idempotency_key"] == f"{run.id}:COMPLETED"
+
+
+@pytest.mark.django_db
+def test_it_uses_the_global_url_when_the_tenant_has_none(receiver, settings, eager, on_commit):
+    # given
+    settings.WEBHOOK_URL = receiver.url("/global")
+    tenant = make_tenant()
+    # when
+    on_commit(onboarding_start, onboarding=tenant.onboarding)
+    # then
+    (call,) = receiver.wait_for("/global", 1)
+    assert call.json["tenant"]["slug"] == tenant.slug
+    # no secret configured: sent, but unsigned
+    assert "X-Moran-Signature" not in call.headers
+
+
+@pytest.mark.django_db
+def test_it_calls_nothing_without_a_url(receiver, settings, eager, on_commit):
+    # given
+    settings.WEBHOOK_URL = ""
+    tenant = make_tenant()
+    # when
+    on_commit(onboarding_start, onboarding=tenant.onboarding)
+    # then
+    tenant.onboarding.refresh_from_db()
+    assert tenant.onboarding.status == OnboardingStatus.COMPLETED
+    assert receiver.calls == []
+
+
+@pytest.mark.django_db
+def test_it_announces_no_cancellation(receiver, settings, on_commit):
+    # given: a run in charge (not eager: it stays queued, nothing consumes it)
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    tenant = make_tenant(webhook_url=receiver.url("/c"))
+    from unittest import mock
+
+    with mock.patch("provisioning.services.run_enqueue"):
+        on_commit(onboarding_start, onboarding=tenant.onboarding)
+        # when
+        on_commit(onboarding_cancel, onboarding=tenant.onboarding)
+    # then
+    time.sleep(0.2)
+    tenant.onboarding.refresh_from_db()
+    assert tenant.onboarding.status == OnboardingStatus.CANCELLED
+    assert receiver.calls == []
+
+
+@pytest.mark.django_db
+def test_it_classifies_the_receivers_answers(receiver, settings):
+    # given: a run that ended
+    tenant = make_tenant()
+    run = ProvisioningRun.objects.create(
+        onboarding=tenant.onboarding, kind="start", outcome=ProvisioningRun.Outcome.STOPPED
+    )
+    tenant.webhook_url = receiver.script("/x", [503, 429, 404, 302, 204])
+    tenant.save()
+    # when / then: 5xx and 429 are worth retrying, 404 is final, 2xx is delivered
+    with pytest.raises(WebhookTransientError):
+        webhook_send(run_id=str(run.id), status="FAILED")
+    with pytest.raises(WebhookTransientError):
+        webhook_send(run_id=str(run.id), status="FAILED")
+    assert webhook_send(run_id=str(run.id), status="FAILED") is False
+    assert webhook_send(run_id=str(run.id), status="FAILED") is False, "a redirect is not followed"
+    assert webhook_send(run_id=str(run.id), status="FAILED", attempt=5) is True
+    calls = receiver.calls_to("/x")
+    assert len({c.body for c in calls}) == 1, "every attempt sends the same bytes"
+    assert [c.headers["X-Moran-Delivery-Attempt"] for c in calls] == ["1", "1", "1", "1", "5"]
+
+
+@pytest.mark.django_db
+def test_it_logs_no_credentials_of_the_url(receiver, caplog):
+    # given: a URL carrying credentials and a token
+    tenant = make_tenant()
+    run = ProvisioningRun.objects.create(onboarding=tenant.onboarding, kind="start")
+    tenant.webhook_url = receiver.url("/t?token=s3cr3t").replace("http://", "http://user:pa55@")
+    tenant.save()
+    # when
+    with caplog.at_level("INFO", logger="moran.notifications"):
+        assert webhook_send(run_id=str(run.id), status="COMPLETED") is True
+    # then
+    assert "127.0.0.1" in caplog.text
+    assert "pa55" not in caplog.text and "s3cr3t" not in caplog.text
+
+
+@pytest.mark.django_db
+def test_it_retries_a_receiver_that_cannot_be_reached(settings):
+    # given: a port nobody listens on
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tenant = make_tenant(webhook_url=f"http://127.0.0.1:{port}/hook")
+    run = ProvisioningRun.objects.create(onboarding=tenant.onboarding, kind="start")
+    # when / then
+    with pytest.raises(WebhookTransientError):
+        webhook_send(run_id=str(run.id), status="COMPLETED")
+
+
+def test_the_signature_is_hmac_sha256_of_the_body():
+    assert webhook_signature(b"{}", "k") == "sha256=" + hmac.new(b"k", b"{}", hashlib.sha256).hexdigest()
+
+
+# --- the real path: a worker process delivers ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def webhook_worker(django_db_setup, worker_queue):
+    """A worker of its own (its own queue) with the webhook secret and fast, bounded retries."""
+    if not realpath_available():
+        pytest.skip("real-path tests need PostgreSQL and a broker")
+    queue = f"test-hooks-{uuid.uuid4().hex[:8]}"
+    proc = WorkerProcess(
+        queue,
+        env={
+            "MORAN_WEBHOOK_SECRET": SECRET,
+            "MORAN_WEBHOOK_RETRY_BACKOFF": "1",
+            "MORAN_WEBHOOK_RETRY_BACKOFF_MAX": "2",
+            "MORAN_WEBHOOK_MAX_RETRIES": "3",
+        },
+    ).start()
+    previous = django_settings.PROVISIONING_QUEUE
+    django_settings.PROVISIONING_QUEUE = queue
+    yield proc
+    django_settings.PROVISIONING_QUEUE = previous
+    proc.stop()
+
+
+@pytest.mark.realpath
+@pytest.mark.django_db(transaction=True)
+def test_it_makes_exactly_one_signed_call_per_end_state(webhook_worker, receiver):
+    # given: one tenant that stops at step 4 (PARTIAL) and is continued (COMPLETED), one that fails at step 0 (FAILED)
+    partial = make_tenant(webhook_url=receiver.url("/partial"))
+    fail_step(partial, "step_4_cost_centers")
+    failed = make_tenant(webhook_url=receiver.url("/failed"))
+    fail_step(failed, "step_0_engine_check")
+    # when
+    first = onboarding_start(onboarding=partial.onboarding)
+    wait_for_status(partial.onboarding, OnboardingStatus.PARTIAL)
+    receiver.wait_for("/partial", 1)
+    second = onboarding_continue(onboarding=partial.onboarding)
+    wait_for_status(partial.onboarding, OnboardingStatus.COMPLETED)
+    third = onboarding_start(onboarding=failed.onboarding)
+    wait_for_status(failed.onboarding, OnboardingStatus.FAILED)
+    receiver.wait_for("/partial", 2)
+    receiver.wait_for("/failed", 1)
+    time.sleep(1.5)  # a duplicate, if any, would arrive now
+    # then
+    calls = {path: receiver.calls_to(path) for path in ("/partial", "/failed")}
+    assert [c.headers["Idempotency-Key"] for c in calls["/partial"]] == [
+        f"{first.id}:PARTIAL",
+        f"{second.id}:COMPLETED",
+    ]
+    assert [c.headers["Idempotency-Key"] for c in calls["/failed"]] == [f"{third.id}:FAILED"]
+    for call in calls["/partial"] + calls["/failed"]:
+        assert signed_ok(call), call.headers
+        assert call.json["idempotency_key"] == call.headers["Idempotency-Key"]
+    assert [c.json["status"] for c in calls["/partial"]] == ["PARTIAL", "COMPLETED"]
+    assert calls["/failed"][0].json["tenant"]["slug"] == failed.slug
+
+
+@pytest.mark.realpath
+@pytest.mark.django_db(transaction=True)
+def test_it_retries_a_failing_receiver_without_blocking_provisioning(webhook_worker, receiver):
+    # given: one receiver that fails twice then takes the call, one that always fails
+    flaky = make_tenant(webhook_url=receiver.script("/flaky", [500, 500, 200]))
+    down = make_tenant(webhook_url=receiver.script("/down", [500]))
+    # when
+    onboarding_start(onboarding=down.onboarding)
+    wait_for_status(down.onboarding, OnboardingStatus.COMPLETED)
+    receiver.wait_for("/down", 1)
+    # while /down is being retried, another tenant provisions to the end
+    onboarding_start(onboarding=flaky.onboarding)
+    wait_for_status(flaky.onboarding, OnboardingStatus.COMPLETED)
+    flaky_calls = receiver.wait_for("/flaky", 3)
+    receiver.wait_for("/down", 4)  # the first call and 3 retries
+    time.sleep(3)  # past the longest backoff: the retries have stopped
+    # then: the onboarding's end state was recorded before its webhook was even tried, and the calls were retried
+    assert [c.answered for c in flaky_calls] == [500, 500, 200]
+    assert flaky.onboarding.finished_at.timestamp() <= flaky_calls[0].at
+    assert flaky_calls[0].at <= flaky_calls[1].at <= flaky_calls[2].at
+    assert [c.headers["X-Moran-Delivery-Attempt"] for c in flaky_calls] == ["1", "2", "3"]
+    assert len({c.body for c in flaky_calls}) == 1 and len({c.headers["Idempotency-Key"] for c in flaky_calls}) == 1
+    assert all(signed_ok(c) for c in flaky_calls)
+    # a receiver that never recovers is given up on after the maximum, and its tenant's state is untouched
+    assert len(receiver.calls_to("/down")) == 4
+    down.onboarding.refresh_from_db()
+    assert down.onboarding.status == OnboardingStatus.COMPLETED
