@@ -15,7 +15,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["provisioning"])
 
 
-# --- Operations (issue 7) ---------------------------------------------------------------------------------------
+# --- Operations ---------------------------------------------------------------------------------------
 #: periodic jobs: (task name, setting holding its interval in seconds). An entry is scheduled only once its task is
 #: registered, so beat starts cleanly before the task lands and picks it up when it does.
 PERIODIC_TASKS = (("provisioning.sweep", "SWEEP_INTERVAL"),)

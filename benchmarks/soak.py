@@ -15,5 +15,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 if __name__ == "__main__":
     tenants = sys.argv[1] if len(sys.argv) > 1 else "200"
-    command = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:logging", "-m", "soak", "tests/faults/test_soak.py"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-s",
+        "-p",
+        "no:logging",
+        "-m",
+        "soak",
+        "tests/faults/test_soak.py",
+    ]
     sys.exit(subprocess.call(command, cwd=ROOT, env={**os.environ, "MORAN_SOAK_TENANTS": tenants}))

@@ -38,7 +38,7 @@ def check_production_settings(app_configs, **kwargs):
     return errors
 
 
-# --- Operations (issue 7) ---------------------------------------------------------------------------------------
+# --- Operations ---------------------------------------------------------------------------------------
 @register(Tags.compatibility, deploy=False)
 def check_operations_settings(app_configs, **kwargs):
     errors = []

@@ -45,7 +45,7 @@ class NoActiveRun(Conflict):
     code = "no_active_run"
 
 
-# --- The operators' API (issue 4) ---------------------------------------------------------------------------------
+# --- The operators' API ---------------------------------------------------------------------------------
 class InvalidCredentials(DomainError):
     """A log-in with an unknown email or a wrong password (never says which)."""
 

@@ -150,7 +150,7 @@ CELERY_TASK_SEND_SENT_EVENT = True
 STEP_MAX_RETRIES = env.int("MORAN_STEP_MAX_RETRIES", default=5)
 STEP_RETRY_BACKOFF = env.float("MORAN_STEP_RETRY_BACKOFF", default=2.0)
 
-# --- Reliability: step leases and the sweeper (issue 6) ----------------------------------------------------------
+# --- Reliability: step leases and the sweeper ----------------------------------------------------------
 # A second delivery of a step that another worker is running waits this long for its lease before it is dropped
 # (covers the moment between a worker's death and PostgreSQL noticing its session ended).
 STEP_LEASE_WAIT = env.float("MORAN_STEP_LEASE_WAIT", default=5.0)
@@ -179,7 +179,7 @@ SWEEP_INTERVAL = env.int("MORAN_SWEEP_INTERVAL", default=60)
 DEFAULT_ENGINE = env.str("MORAN_DEFAULT_ENGINE", default="sandbox")
 
 
-# === Operations (issue 7): Celery for this workload, beat, notifications, health, metrics, logging ============
+# === Operations: Celery for this workload, beat, notifications, health, metrics, logging ============
 # Kept in one block so that other changes to this file stay out of its way.
 
 # A step that raised or hit its time limit is recorded in the database already (failed / retrying); redelivering its
@@ -276,7 +276,7 @@ LOGGING = {
     },
 }
 
-# --- The operators' API (issue 4) ---------------------------------------------------------------------------------
+# --- The operators' API ---------------------------------------------------------------------------------
 INSTALLED_APPS += ["drf_spectacular", "accounts"]
 
 # Log-in tokens: an ApiToken row per log-in (hashed; revocable), valid this many seconds.

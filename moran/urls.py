@@ -5,7 +5,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
 ]
 
-# --- Operations (issue 7): probes and Prometheus metrics ---------------------------------------------------------
+# --- Operations: probes and Prometheus metrics ---------------------------------------------------------
 from moran import health, metrics  # noqa: E402
 
 urlpatterns += [
@@ -14,7 +14,7 @@ urlpatterns += [
     path("metrics", metrics.metrics, name="metrics"),
 ]
 
-# --- The operators' API (issue 4) ---------------------------------------------------------------------------------
+# --- The operators' API ---------------------------------------------------------------------------------
 urlpatterns += [path("api/", include(("moran.api.urls", "api")))]
 # JSON instead of Django's HTML pages for /api/ paths (the catch-all in moran.api.urls covers unknown URLs too).
 handler404 = "moran.api.exception_handlers.handler404"

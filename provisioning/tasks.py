@@ -64,7 +64,7 @@ STEP_TASKS = {name: _make_step_task(name) for name in STEP_NAMES}
 globals().update(STEP_TASKS)
 
 
-# --- Notifications (issue 7) ------------------------------------------------------------------------------------
+# --- Notifications ------------------------------------------------------------------------------------
 from celery.exceptions import SoftTimeLimitExceeded  # noqa: E402
 
 from provisioning.notifications import WebhookTransientError, webhook_send  # noqa: E402
