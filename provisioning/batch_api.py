@@ -163,28 +163,20 @@ class BatchCreateApi(APIView):
         responses={202: BatchStatusOutputSerializer, **error_responses(400, 401, 403, 415)},
         examples=[
             OpenApiExample(
-                "Two tenants",
+                # drf-spectacular wraps a list body's example in the list itself: this is the list's one row.
+                "A list of rows",
                 request_only=True,
                 media_type="application/json",
-                value=[
-                    {
-                        "slug": "initech",
-                        "company": "Initech Inc",
-                        "abbr": "INIT",
-                        "currency": "USD",
-                        "country": "United States",
-                        "admin_email": "admin@initech.example",
-                        "cost_centers": ["Operations"],
-                    },
-                    {
-                        "slug": "hooli",
-                        "company": "Hooli GmbH",
-                        "abbr": "HOOL",
-                        "currency": "EUR",
-                        "country": "Germany",
-                        "admin_email": "admin@hooli.example",
-                    },
-                ],
+                value={
+                    "slug": "umbrella",
+                    "company": "Umbrella Corp",
+                    "abbr": "UMBR",
+                    "currency": "USD",
+                    "country": "United States",
+                    "admin_email": "admin@umbrella.example",
+                    "cost_centers": ["Operations"],
+                    "warehouses": ["Returns"],
+                },
             ),
             OpenApiExample("A batch just started", response_only=True, status_codes=["202"], value=EXAMPLE_STATUS),
         ],
