@@ -133,7 +133,7 @@ def batch_rows_from_csv(*, text: str) -> list[RowInput]:
 
 
 def _check_header(header: list[str], problems: Problems) -> None:
-    unknown = [h for h in header if h not in COLUMNS]
+    unknown = [h or f"(unnamed, column {i + 1})" for i, h in enumerate(header) if h not in COLUMNS]
     if unknown:
         problems.add("line 1", f"unknown column(s) {', '.join(unknown)}; the columns are {', '.join(COLUMNS)}")
     duplicated = sorted({h for h in header if header.count(h) > 1})

@@ -4,10 +4,13 @@ bar in ``tests/cli/test_provision_batch_tty.py``."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from provisioning.models import (
     BatchItem,
+    Onboarding,
     OnboardingStatus,
     ProvisioningBatch,
     ProvisioningRun,
@@ -175,6 +178,26 @@ def test_plan_says_what_it_would_do_and_writes_nothing(eager, csv_file):
     assert "plan only: nothing was written" in out
     assert (ProvisioningBatch.objects.count(), ProvisioningRun.objects.count()) == (batches, runs)
     assert set(statuses()) == {"pn-1"}
+
+
+def test_a_tenant_in_progress_is_waited_for_and_not_started_again(eager, csv_file):
+    # given: the first row's tenant has a run active elsewhere (an operator's, another batch's)
+    path = csv_file(rows_csv(2, prefix="wt"))
+    tenant = pending_tenant_of_row(1, "wt")
+    Onboarding.objects.filter(tenant=tenant).update(status=OnboardingStatus.IN_PROGRESS, run_id=uuid.uuid4())
+    # when
+    code, out, _ = run("provision_batch", path, "--plan")
+    # then
+    assert "wt-1                           wait      (IN_PROGRESS)" in out
+    # when
+    code, out, _ = run("provision_batch", path, "--no-wait")
+    # then: the other one ran; wt-1 got no run from the batch, which waits for it
+    assert code == 0
+    assert statuses() == {"wt-1": "IN_PROGRESS", "wt-2": "COMPLETED"}
+    assert not ProvisioningRun.objects.filter(onboarding__tenant=tenant).exists()
+    batch = ProvisioningBatch.objects.get()
+    assert dict(batch.items.values_list("tenant__slug", "action")) == {"wt-1": "wait", "wt-2": "create"}
+    assert batch.finished_at is None
 
 
 def test_it_prints_plain_progress_lines_when_not_in_a_terminal(eager, csv_file):
