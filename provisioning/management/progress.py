@@ -88,7 +88,7 @@ class LiveTable:
         if self._live is not None:
             self._live.refresh()
         elif line is not None and not self.interactive:
-            self.out.write(line)
+            self.out.write(line + "\n")  # Django's OutputWrapper adds no second newline
 
     def _render(self) -> Table:
         table = Table(title=self.title, title_justify="left", expand=False)
