@@ -52,13 +52,14 @@ class LiveTable:
     """Rows keyed by name. On a terminal they are drawn as one table, redrawn on each update; otherwise each update
     that carries a ``line`` prints that line, and nothing else is written."""
 
-    def __init__(self, out, *, columns: Sequence[str], title: str | None = None, interactive_: bool | None = None):
+    def __init__(self, out, *, columns: Sequence[str], title: str | None = None, terminal: bool | None = None):
         self.out = out
         self.columns = tuple(columns)
         self.title = title
         # Django's OutputWrapper adds a newline to every write; rich needs the raw stream under it.
         self._stream = getattr(out, "_out", out)
-        self.interactive = interactive(self._stream) if interactive_ is None else interactive_
+        # None: decide from the stream and the environment (see interactive()).
+        self.interactive = interactive(self._stream) if terminal is None else terminal
         self._rows: dict[str, tuple[str, ...]] = {}
         self._lock = threading.Lock()
         self._live: Live | None = None

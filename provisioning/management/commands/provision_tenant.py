@@ -105,10 +105,12 @@ class Command(BaseCommand):
         watcher = None
         if not opts["no_wait"]:
             display = LiveTable(self.stdout, columns=("#", "step", "status", "attempts", "error"), title=tenant.slug)
-            watcher = Watcher(display.start(), onboarding.pk)
-            watcher.poll()  # remember the state before the run, so only what this run changes is shown
-            watcher.start()
+            watcher = Watcher(display, onboarding.pk)
         try:
+            if watcher:
+                watcher.display.start()
+                watcher.poll()  # remember the state before the run, so only what this run changes is shown
+                watcher.start()
             if opts["continue_"]:
                 run = onboarding_continue(onboarding=onboarding, requested_by=who)
             elif opts["retry"]:
