@@ -230,10 +230,20 @@ MIDDLEWARE.insert(
     MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1, "whitenoise.middleware.WhiteNoiseMiddleware"
 )
 STATIC_ROOT = env.path("MORAN_STATIC_ROOT", default=str(STATIC_ROOT))
-# Compressed, not manifest-hashed: a missing manifest would break every page of a checkout that never ran collectstatic.
+if PRODUCTION:
+    # Hashed names from collectstatic's manifest: files cached for ever, and a page never mixes old and new assets.
+    _static_storage = "whitenoise.storage.CompressedManifestStaticFilesStorage"
+else:
+    # Outside production WhiteNoise serves straight from the apps' static folders (the finders), re-reading them on
+    # change, so `make serve` shows a styled admin on a fresh clone with DEBUG off and no collectstatic. runserver's
+    # own static handler (DEBUG only) is switched off so that one code path serves files whatever DEBUG says.
+    _static_storage = "whitenoise.storage.CompressedStaticFilesStorage"
+    WHITENOISE_USE_FINDERS = True
+    WHITENOISE_AUTOREFRESH = True
+    INSTALLED_APPS.insert(INSTALLED_APPS.index("django.contrib.staticfiles"), "whitenoise.runserver_nostatic")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+    "staticfiles": {"BACKEND": _static_storage},
 }
 
 # Behind a TLS-terminating proxy: trust its X-Forwarded-Proto, send cookies only over HTTPS, redirect plain HTTP
@@ -277,7 +287,8 @@ LOGGING = {
 }
 
 # --- The operators' API ---------------------------------------------------------------------------------
-INSTALLED_APPS += ["drf_spectacular", "accounts"]
+# The sidecar ships Swagger UI and ReDoc as static files: the docs page works on a network with no way out.
+INSTALLED_APPS += ["drf_spectacular", "drf_spectacular_sidecar", "accounts"]
 
 # Log-in tokens: an ApiToken row per log-in (hashed; revocable), valid this many seconds.
 MORAN_API_TOKEN_TTL = env.int("MORAN_API_TOKEN_TTL", default=8 * 3600)
@@ -310,6 +321,11 @@ SPECTACULAR_SETTINGS = {
     "SCHEMA_PATH_PREFIX": r"/api/",
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # Swagger UI would otherwise show a badge fetched from validator.swagger.io: the page must call no other host.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "ENUM_NAME_OVERRIDES": {
         "OnboardingStatusEnum": "moran.api.enums.ONBOARDING_STATUSES",
         "StepStatusEnum": "moran.api.enums.STEP_STATUSES",
