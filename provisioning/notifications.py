@@ -94,7 +94,7 @@ def webhook_payload(*, tenant: Tenant, run: ProvisioningRun, status: str) -> dic
     }
 
 
-def webhook_delivery_schedule(*, delivery_id: int, countdown: float = 0) -> None:
+def webhook_delivery_schedule(*, delivery_id: int) -> None:
     """Send the delivery once the current transaction commits (at once outside one). A send that cannot be enqueued
     is not an error here: the row is pending, and the dispatcher will send it."""
 
@@ -102,9 +102,12 @@ def webhook_delivery_schedule(*, delivery_id: int, countdown: float = 0) -> None
         queue = settings.NOTIFICATIONS_QUEUE or settings.PROVISIONING_QUEUE
         try:
             # By name: the task module imports the sender, which must not be imported from the state writer's side.
-            current_app.signature(SEND_TASK, kwargs={"delivery_id": delivery_id}, queue=queue).apply_async(
-                countdown=countdown or None
-            )
+            app = current_app
+            if SEND_TASK not in app.tasks:
+                # Task modules are autodiscovered when a worker starts; a web process loads them here, so that the
+                # embedded (eager) mode runs the send in-process instead of handing it to a broker it does not have.
+                app.loader.import_default_modules()
+            app.signature(SEND_TASK, kwargs={"delivery_id": delivery_id}, queue=queue).apply_async()
         except Exception as exc:  # the end state is recorded; a broker hiccup must not fail the write that ended it
             logger.warning("could not enqueue webhook delivery %s (%s); the dispatcher will", delivery_id, exc)
 

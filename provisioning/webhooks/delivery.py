@@ -79,15 +79,8 @@ def webhook_delivery_claim(*, delivery_id: int, worker: str = "") -> WebhookAtte
         )
         if delivery is None:
             return None
-        if delivery.state == State.SENDING:
-            WebhookAttempt.objects.filter(delivery=delivery, finished_at__isnull=True).update(
-                outcome=Outcome.INTERRUPTED, finished_at=now, error="its worker stopped before the answer"
-            )
-            if delivery.attempts >= delivery.max_attempts:
-                delivery.state, delivery.claimed_until = State.FAILED, None
-                delivery.last_error = "the last try was interrupted"
-                delivery.save()
-                return None
+        if delivery.state == State.SENDING and not _release_expired(delivery, now=now):
+            return None
         delivery.state = State.SENDING
         delivery.attempts += 1
         delivery.claimed_until = now + claim_ttl()
@@ -96,6 +89,21 @@ def webhook_delivery_claim(*, delivery_id: int, worker: str = "") -> WebhookAtte
             delivery=delivery, number=delivery.attempts, started_at=now, worker=worker
         )
     return attempt
+
+
+def _release_expired(delivery: WebhookDelivery, *, now: dt.datetime) -> bool:
+    """Under the row lock, a delivery whose sender's claim expired: its try was interrupted (the worker died). Back
+    to pending, or failed when that was its last try. Returns whether it may be tried again."""
+    WebhookAttempt.objects.filter(delivery=delivery, finished_at__isnull=True).update(
+        outcome=Outcome.INTERRUPTED, finished_at=now, error="its worker stopped before the answer"
+    )
+    delivery.claimed_until = None
+    if delivery.attempts >= delivery.max_attempts:
+        delivery.state, delivery.last_error = State.FAILED, "the last try was interrupted"
+    else:
+        delivery.state, delivery.next_attempt_at = State.PENDING, now
+    delivery.save()
+    return delivery.state == State.PENDING
 
 
 # --- one try -------------------------------------------------------------------------------------------------------
@@ -190,14 +198,18 @@ def webhook_dispatch(*, limit: int = DISPATCH_BATCH) -> list[int]:
     due = Q(state=State.PENDING, next_attempt_at__lte=now - dt.timedelta(seconds=settings.WEBHOOK_DISPATCH_GRACE))
     expired = Q(state=State.SENDING, claimed_until__lt=now)
     with transaction.atomic():
-        ids = list(
+        rows = list(
             WebhookDelivery.objects.select_for_update(skip_locked=True)
             .filter(due | expired)
-            .order_by("next_attempt_at")
-            .values_list("pk", flat=True)[:limit]
+            .order_by("next_attempt_at")[:limit]
         )
+        ids = []
+        for delivery in rows:
+            if delivery.state == State.SENDING and not _release_expired(delivery, now=now):
+                continue
+            ids.append(delivery.pk)
         # Due again only after another grace period: a backlog in the queue is not sent twice by every pass.
-        WebhookDelivery.objects.filter(pk__in=ids, state=State.PENDING).update(next_attempt_at=now)
+        WebhookDelivery.objects.filter(pk__in=ids).update(next_attempt_at=now)
         for pk in ids:
             webhook_delivery_schedule(delivery_id=pk)
     if ids:
