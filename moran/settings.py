@@ -8,6 +8,7 @@ engine, so that a fresh clone can provision a demo tenant with no server install
 turns on the system checks in ``moran.checks`` that refuse a broken production configuration.
 """
 
+import ipaddress
 from pathlib import Path
 
 import environ
@@ -227,7 +228,10 @@ WEBHOOK_DISPATCH_GRACE = env.int("MORAN_WEBHOOK_DISPATCH_GRACE", default=60)
 # address the call connects to, at every try). MORAN_WEBHOOK_ALLOWED_NETWORKS names CIDRs allowed all the same (an
 # in-house receiver on 10.0.0.0/8, say); MORAN_WEBHOOK_ALLOW_HTTP allows plain http.
 WEBHOOK_ALLOW_HTTP = env.bool("MORAN_WEBHOOK_ALLOW_HTTP", default=False)
-WEBHOOK_ALLOWED_NETWORKS = env.list("MORAN_WEBHOOK_ALLOWED_NETWORKS", default=[])
+# Parsed here so that a mistyped CIDR stops the process at start-up rather than a tenant's save or a send.
+WEBHOOK_ALLOWED_NETWORKS = [
+    str(ipaddress.ip_network(cidr, strict=False)) for cidr in env.list("MORAN_WEBHOOK_ALLOWED_NETWORKS", default=[])
+]
 
 # Health and metrics. /readyz gives each dependency this long before calling it unreachable (a load balancer's probe
 # must not hang); /metrics asks for a bearer token when one is set.
