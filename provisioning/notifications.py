@@ -112,7 +112,10 @@ def webhook_delivery_schedule(*, delivery_id: int) -> None:
                 app.loader.import_default_modules()
             app.signature(SEND_TASK, kwargs={"delivery_id": delivery_id}, queue=queue).apply_async()
         except Exception as exc:  # the end state is recorded; a broker hiccup must not fail the write that ended it
-            logger.warning("could not enqueue webhook delivery %s (%s); the dispatcher will", delivery_id, exc)
+            # The type only: in the embedded mode the send runs here, and a message might quote the URL.
+            logger.warning(
+                "could not send webhook delivery %s (%s); the dispatcher will", delivery_id, type(exc).__name__
+            )
 
     transaction.on_commit(enqueue, robust=True)
 

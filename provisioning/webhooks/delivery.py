@@ -124,7 +124,7 @@ def webhook_delivery_send(*, delivery_id: int, worker: str = "") -> WebhookDeliv
     started = time.monotonic()
     # The call runs outside any transaction and lock: a slow receiver holds nothing but this worker.
     answer = _call(delivery, attempt_number=attempt.number)
-    return _record(attempt, answer, duration_ms=int(1000 * (time.monotonic() - started)))
+    return webhook_attempt_record(attempt=attempt, answer=answer, duration_ms=int(1000 * (time.monotonic() - started)))
 
 
 def _call(delivery: WebhookDelivery, *, attempt_number: int) -> Answer:
@@ -163,7 +163,8 @@ def _call(delivery: WebhookDelivery, *, attempt_number: int) -> Answer:
     return Answer(Outcome.REFUSED, status_code=code, error=f"HTTP {code}")
 
 
-def _record(attempt: WebhookAttempt, answer: Answer, *, duration_ms: int) -> WebhookDelivery:
+def webhook_attempt_record(*, attempt: WebhookAttempt, answer: Answer, duration_ms: int) -> WebhookDelivery:
+    """The try's answer on its row, and what it means for the delivery, in one transaction."""
     now = timezone.now()
     delivery = attempt.delivery
     with transaction.atomic():

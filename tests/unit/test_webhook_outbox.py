@@ -14,8 +14,7 @@ from django.utils import timezone
 from celery_app import beat_schedule
 from provisioning.models import ProvisioningRun
 from provisioning.notifications import onboarding_run_ended, webhook_delivery_resend
-from provisioning.webhooks.delivery import Answer, webhook_delivery_claim, webhook_dispatch
-from provisioning.webhooks.delivery import _record as record_answer
+from provisioning.webhooks.delivery import Answer, webhook_attempt_record, webhook_delivery_claim, webhook_dispatch
 from provisioning.webhooks.models import WebhookAttempt, WebhookDelivery
 from tests.support.factories import make_tenant
 
@@ -134,7 +133,7 @@ def test_a_late_answer_does_not_overwrite_the_try_that_took_over(tenant):
     WebhookDelivery.objects.filter(pk=delivery.pk).update(claimed_until=timezone.now() - dt.timedelta(seconds=1))
     webhook_delivery_claim(delivery_id=delivery.pk)
     # when: try 1's answer comes in after all
-    after = record_answer(first, Answer(outcome="delivered", status_code=200), duration_ms=5)
+    after = webhook_attempt_record(attempt=first, answer=Answer(outcome="delivered", status_code=200), duration_ms=5)
     # then: try 2 still owns the delivery; try 1's answer is kept on its own row
     assert (after.state, after.attempts, after.delivered_at) == ("sending", 2, None)
     assert WebhookAttempt.objects.get(pk=first.pk).status_code == 200
