@@ -8,6 +8,7 @@ engine, so that a fresh clone can provision a demo tenant with no server install
 turns on the system checks in ``moran.checks`` that refuse a broken production configuration.
 """
 
+import ipaddress
 from pathlib import Path
 
 import environ
@@ -218,6 +219,19 @@ WEBHOOK_MAX_RETRIES = env.int("MORAN_WEBHOOK_MAX_RETRIES", default=10)
 # Celery's exponential backoff takes whole seconds: retry n waits up to factor * 2**n, capped, with full jitter.
 WEBHOOK_RETRY_BACKOFF = env.int("MORAN_WEBHOOK_RETRY_BACKOFF", default=5)
 WEBHOOK_RETRY_BACKOFF_MAX = env.int("MORAN_WEBHOOK_RETRY_BACKOFF_MAX", default=600)
+# The outbox: a delivery still pending this long after it was due (its send message lost with a worker or a broker),
+# or whose sender's claim expired, is sent again by provisioning.webhook_dispatch, on beat every DISPATCH_INTERVAL
+# seconds (0 turns it off). The receiver dedupes by Idempotency-Key all the same.
+WEBHOOK_DISPATCH_INTERVAL = env.int("MORAN_WEBHOOK_DISPATCH_INTERVAL", default=30)
+WEBHOOK_DISPATCH_GRACE = env.int("MORAN_WEBHOOK_DISPATCH_GRACE", default=60)
+# Where a webhook may go: https only, to public addresses only (checked when a URL is saved and again, on the resolved
+# address the call connects to, at every try). MORAN_WEBHOOK_ALLOWED_NETWORKS names CIDRs allowed all the same (an
+# in-house receiver on 10.0.0.0/8, say); MORAN_WEBHOOK_ALLOW_HTTP allows plain http.
+WEBHOOK_ALLOW_HTTP = env.bool("MORAN_WEBHOOK_ALLOW_HTTP", default=False)
+# Parsed here so that a mistyped CIDR stops the process at start-up rather than a tenant's save or a send.
+WEBHOOK_ALLOWED_NETWORKS = [
+    str(ipaddress.ip_network(cidr, strict=False)) for cidr in env.list("MORAN_WEBHOOK_ALLOWED_NETWORKS", default=[])
+]
 
 # Health and metrics. /readyz gives each dependency this long before calling it unreachable (a load balancer's probe
 # must not hang); /metrics asks for a bearer token when one is set.
