@@ -21,6 +21,7 @@ app.autodiscover_tasks(["provisioning"])
 PERIODIC_TASKS = (
     ("provisioning.sweep", "SWEEP_INTERVAL"),
     ("provisioning.batch_advance", "BATCH_ADVANCE_INTERVAL"),
+    ("provisioning.webhook_dispatch", "WEBHOOK_DISPATCH_INTERVAL"),
 )
 
 

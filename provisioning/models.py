@@ -167,6 +167,9 @@ class SandboxFault(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
 
+from provisioning.webhooks.models import WebhookAttempt, WebhookDelivery  # noqa: E402, F401  (the outbox's tables)
+
+
 class ProvisioningBatch(models.Model):
     """Tenants provisioned together, at most ``concurrency`` at once (the engine's own cap applies on top). Counts
     and progress are derived from the tenants' onboardings when read, never stored: they cannot drift from them.

@@ -13,7 +13,6 @@ the next tenant; beat's periodic pass is the safety net): follow it with ``GET /
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from provisioning.batches import (
     batch_status,
     batch_validate,
 )
+from provisioning.management.progress import interactive
 from provisioning.models import BatchItem, OnboardingStatus
 from tenants.services import engine_get
 
@@ -178,8 +178,7 @@ class ProgressDisplay:
 
     @classmethod
     def for_stream(cls, stream) -> ProgressDisplay:
-        tty = hasattr(stream, "isatty") and stream.isatty() and os.environ.get("CI", "").lower() != "true"
-        return RichProgressDisplay(stream) if tty else cls(stream)
+        return RichProgressDisplay(stream) if interactive(stream) else cls(stream)
 
     def __enter__(self):
         return self
