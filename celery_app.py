@@ -20,6 +20,7 @@ app.autodiscover_tasks(["provisioning"])
 #: registered, so beat starts cleanly before the task lands and picks it up when it does.
 PERIODIC_TASKS = (
     ("provisioning.sweep", "SWEEP_INTERVAL"),
+    ("provisioning.batch_advance", "BATCH_ADVANCE_INTERVAL"),
     ("provisioning.webhook_dispatch", "WEBHOOK_DISPATCH_INTERVAL"),
 )
 

@@ -174,6 +174,9 @@ SWEEP_MAX_RESUMES = env.int("MORAN_SWEEP_MAX_RESUMES", default=3)
 SWEEP_INTERVAL = env.int("MORAN_SWEEP_INTERVAL", default=60)
 
 # beat schedules provisioning.sweep every SWEEP_INTERVAL seconds: see celery_app.beat_schedule.
+# Batches advance when one of their runs ends; beat also passes over every unfinished batch this often, in case
+# that message was lost (0 turns the pass off).
+BATCH_ADVANCE_INTERVAL = env.int("MORAN_BATCH_ADVANCE_INTERVAL", default=30)
 
 # --- Provisioning ---------------------------------------------------------------------------------------------
 # The engine connection a tenant gets when none is named.

@@ -426,4 +426,5 @@ admin.site.register(Onboarding, OnboardingAdmin)
 admin.site.register(ProvisioningRun, ProvisioningRunAdmin)
 admin.site.register(StepLog, StepLogAdmin)
 
-from provisioning import admin_webhooks  # noqa: E402, F401  (the webhook deliveries' pages)
+# The pages of the webhook deliveries and of the batches register themselves.
+from provisioning import admin_webhooks, batch_admin  # noqa: E402, F401

@@ -108,3 +108,15 @@ def sweep():
     from provisioning.recovery import sweep as sweep_pass
 
     return [str(action) for action in sweep_pass()]
+
+
+@shared_task(name="provisioning.batch_advance", acks_late=False, ignore_result=True)
+def batch_advance(batch_id=None):
+    """Start a batch's next tenants (sent when one of its runs ends), or, with no id (beat), of every unfinished
+    batch. Two at once are safe: the batch row is locked."""
+    from provisioning.batches import batch_advance as advance
+    from provisioning.batches import batch_advance_all
+
+    if batch_id is None:
+        return batch_advance_all()
+    return len(advance(batch_id=batch_id))

@@ -55,6 +55,40 @@ def invalid_message(errors: dict[str, list[str]]) -> str:
     return "Invalid tenant: " + "; ".join(f"{field}: {' '.join(messages)}" for field, messages in errors.items())
 
 
+def tenant_build(
+    *,
+    slug: str,
+    company_name: str,
+    abbr: str,
+    currency: str,
+    country: str,
+    admin_email: str,
+    name: str = "",
+    engine: EngineConnection | None = None,
+    owner=None,
+    admin_first_name: str = "",
+    extra_cost_centers: list[str] | None = None,
+    extra_warehouses: list[str] | None = None,
+    webhook_url: str | None = None,
+) -> Tenant:
+    """An unsaved, normalised tenant: what ``tenant_create`` would save (batches compare and validate with it)."""
+    return Tenant(
+        slug=(slug or "").strip(),
+        name=(name or company_name or "").strip(),
+        company_name=(company_name or "").strip(),
+        abbr=(abbr or "").strip(),
+        currency=(currency or "").strip().upper(),
+        country=(country or "").strip(),
+        admin_email=(admin_email or "").strip().lower(),
+        admin_first_name=(admin_first_name or "").strip(),
+        extra_cost_centers=list(extra_cost_centers or []),
+        extra_warehouses=list(extra_warehouses or []),
+        engine=engine or engine_get(),
+        owner=owner,
+        webhook_url=(webhook_url or "").strip() or None,
+    )
+
+
 def tenant_create(
     *,
     slug: str,
@@ -74,20 +108,20 @@ def tenant_create(
     """Create a tenant and its onboarding (PENDING). Provisioning starts with ``onboarding_start``."""
     from provisioning.services import onboarding_create
 
-    tenant = Tenant(
-        slug=(slug or "").strip(),
-        name=(name or company_name or "").strip(),
-        company_name=(company_name or "").strip(),
-        abbr=(abbr or "").strip(),
-        currency=(currency or "").strip().upper(),
-        country=(country or "").strip(),
-        admin_email=(admin_email or "").strip().lower(),
-        admin_first_name=(admin_first_name or "").strip(),
-        extra_cost_centers=list(extra_cost_centers or []),
-        extra_warehouses=list(extra_warehouses or []),
-        engine=engine or engine_get(),
+    tenant = tenant_build(
+        slug=slug,
+        company_name=company_name,
+        abbr=abbr,
+        currency=currency,
+        country=country,
+        admin_email=admin_email,
+        name=name,
+        engine=engine,
         owner=owner,
-        webhook_url=(webhook_url or "").strip() or None,
+        admin_first_name=admin_first_name,
+        extra_cost_centers=extra_cost_centers,
+        extra_warehouses=extra_warehouses,
+        webhook_url=webhook_url,
     )
     tenant_validate(tenant)
     try:

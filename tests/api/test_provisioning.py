@@ -297,6 +297,8 @@ def test_it_serves_a_valid_openapi_3_schema(anonymous):
         "/api/auth/logout",
         "/api/tenants",
         "/api/tenants/{tenant_id}",
+        "/api/tenants/batch",
+        "/api/tenants/batch/{batch_id}",
         *(
             f"/api/provisioning/tenants/{{tenant_id}}/{what}"
             for what in ("status", "logs", "continue", "retry", "cancel")

@@ -41,7 +41,7 @@ def test_it_answers_generated_requests_without_5xx_or_schema_breaks(
         )
         calls[label] = calls.get(label, 0) + 1
         statuses.add((label, response.status_code))
-        if label == "POST /api/tenants" and response.status_code == 400:
+        if label in ("POST /api/tenants", "POST /api/tenants/batch") and response.status_code == 400:
             refusals.append(response.text[:300])
 
     def fuzz(operation):
@@ -80,12 +80,19 @@ def test_it_answers_generated_requests_without_5xx_or_schema_breaks(
             example = operation.definition.raw["requestBody"]["content"]["application/json"]["examples"]
             body = next(iter(example.values()))["value"]
             call(operation.Case(body=body, media_type="application/json"), "POST /api/tenants", tokens["operator"])
+        if (operation.method.upper(), operation.path) == ("POST", "/api/tenants/batch"):
+            # The same for a batch: its example is valid, so the 202 body is checked against the schema too.
+            example = operation.definition.raw["requestBody"]["content"]["application/json"]["examples"]
+            body = next(iter(example.values()))["value"]
+            label = "POST /api/tenants/batch"
+            call(operation.Case(body=body, media_type="application/json"), label, tokens["operator"])
 
     # then: every operation was exercised (the checks raised on any failure above)
-    assert len(operations) == 10
+    assert len(operations) == 12
     assert set(calls) == {f"{op.method.upper()} {op.path}" for op in operations}
     # the schema's example tenant was created (and provisioned)
     assert ("POST /api/tenants", 201) in statuses, refusals[:3]
+    assert ("POST /api/tenants/batch", 202) in statuses, refusals[-3:]
     print(
         f"\nschemathesis: {sum(calls.values())} requests over {len(operations)} operations; statuses: {sorted(statuses)}"
     )
