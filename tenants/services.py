@@ -64,6 +64,7 @@ def tenant_create(
     extra_cost_centers: list[str] | None = None,
     extra_warehouses: list[str] | None = None,
     webhook_url: str | None = None,
+    allow_restricting_existing_admin: bool = False,
 ) -> Tenant:
     """Create a tenant and its onboarding (PENDING). Provisioning starts with ``onboarding_start``."""
     from provisioning.services import onboarding_create
@@ -82,6 +83,7 @@ def tenant_create(
         engine=engine or engine_get(),
         owner=owner,
         webhook_url=(webhook_url or "").strip() or None,
+        allow_restricting_existing_admin=bool(allow_restricting_existing_admin),
     )
     tenant_validate(tenant)
     try:
@@ -98,6 +100,14 @@ def tenant_create(
             clashes["abbr"] = [f"Abbreviation '{tenant.abbr}' already belongs to a tenant of this engine"]
         clashes = clashes or {"slug": ["A tenant with these details already exists"]}
         raise InvalidInput(invalid_message(clashes), fields=clashes) from None
+    return tenant
+
+
+def tenant_allow_restricting_existing_admin(*, tenant: Tenant, allow: bool = True) -> Tenant:
+    """Let (or stop letting) step 8 restrict the tenant's admin user when that user existed in the engine before Moran
+    and could see every company. An operator's explicit choice, per tenant."""
+    Tenant.objects.filter(pk=tenant.pk).update(allow_restricting_existing_admin=allow)
+    tenant.allow_restricting_existing_admin = allow
     return tenant
 
 
