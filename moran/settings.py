@@ -355,5 +355,7 @@ REST_FRAMEWORK["NUM_PROXIES"] = MORAN_NUM_PROXIES
 # legitimate body (a tenant with its lists) is a few kilobytes.
 MORAN_MAX_JSON_BODY = env.int("MORAN_MAX_JSON_BODY", default=1024 * 1024)
 REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"] = ["moran.api.parsers.StrictJSONParser"]
+# Rotating SECRET_KEY: the old key here (comma-separated) keeps sessions and signed values valid until they expire.
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
 # A refused CSRF check under /api/ answers JSON like every other /api/ error (the admin keeps Django's page).
 CSRF_FAILURE_VIEW = "moran.api.exception_handlers.csrf_failure"

@@ -538,7 +538,8 @@ def _refuse_restricting_existing_user(ctx: StepContext) -> None:
     it created, or when the operator allowed it for this tenant; a user already restricted to other companies only
     gains one."""
     spec = ctx.spec
-    if spec.admin_created_by_moran or spec.allow_restricting_existing_admin:
+    created_now = ("User", spec.admin_email) in ctx.created
+    if spec.admin_created_by_moran or spec.allow_restricting_existing_admin or created_now:
         return
     user = find_doc(ctx.engine, "User", spec.admin_email)
     if user is None:
