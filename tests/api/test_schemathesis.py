@@ -23,6 +23,11 @@ load_all_checks()
 # Every check schemathesis has (server errors, status codes, content types, headers, body schemas, negative data
 # rejected, positive data accepted, missing auth ignored, unsupported methods, Allow headers, ...).
 CHECKS = REGISTRY.get_all()
+# Except one check on one operation: whether a tenant body is valid also depends on other rows (a free slug, company
+# and abbreviation; an engine and an owner that exist) and on rules a JSON schema does not carry (ISO 4217 membership,
+# case-insensitive input that is normalised), so a schema-valid body may rightly be a 400 with field errors. Every
+# other check still applies to it, and the schema's own example must be created (201, asserted below).
+NOT_FOR_CREATE = [check for check in CHECKS if check.__name__ == "positive_data_acceptance"]
 
 
 def test_it_answers_generated_requests_without_5xx_or_schema_breaks(
@@ -43,7 +48,10 @@ def test_it_answers_generated_requests_without_5xx_or_schema_breaks(
     def call(case, label, token):
         # A case whose headers were made invalid on purpose (the required Authorization left out) is sent as made.
         headers = {} if negative_at(case, ParameterLocation.HEADER) else {"Authorization": f"Bearer {token}"}
-        response = case.call_and_validate(base_url=live_server.url, headers=headers, checks=CHECKS)
+        excluded = NOT_FOR_CREATE if label == "POST /api/tenants" else []
+        response = case.call_and_validate(
+            base_url=live_server.url, headers=headers, checks=CHECKS, excluded_checks=excluded
+        )
         calls[label] = calls.get(label, 0) + 1
         statuses.add((label, response.status_code))
         if label == "POST /api/tenants" and response.status_code == 400:
