@@ -40,6 +40,8 @@ class StrictJSONParser(JSONParser):
             raise ParseError("JSON parse error: nested too deeply") from None
         except (UnicodeDecodeError, ValueError) as exc:
             raise ParseError(f"JSON parse error: {exc}") from None
+        except LookupError:  # a charset Python knows, but not as a text encoding (rot13, zlib...)
+            raise ParseError("JSON parse error: the request's charset is not a text encoding") from None
         try:
             json.dumps(data, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:

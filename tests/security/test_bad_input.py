@@ -49,13 +49,23 @@ def test_the_limit_is_the_setting(anonymous, settings):
     assert under.status_code == 400  # too long for an email: read, parsed, refused by validation
 
 
+@pytest.mark.parametrize("charset", ["rot13", "zlib", "utf-16", "no-such-charset"])
+def test_an_odd_charset_is_never_a_500(anonymous, charset):
+    response = anonymous.generic(
+        "POST", LOGIN, b'{"email": "a@b.c", "password": "x"}', content_type=f"application/json; charset={charset}"
+    )
+    assert response.status_code in (400, 401)
+
+
 def test_nan_is_not_json(anonymous):
     response = post_raw(anonymous, LOGIN, b'{"email": NaN, "password": "x"}')
     assert response.status_code == 400
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "GET"])
-@pytest.mark.parametrize("path", ["/api/tenants/", "/api/auth/login/", "/api/nope", "/api/provisioning/tenants/x/"])
+@pytest.mark.parametrize(
+    "path", ["/api/tenants/", "/api/auth/login/", "/api/nope", "/api/provisioning/tenants/x/", "/api/", "/api"]
+)
 def test_unknown_api_urls_are_a_json_404_whatever_the_method(method, path):
     # given: a browser-like client that enforces CSRF, as the live server does
     client = Client(enforce_csrf_checks=True)
