@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 import requests
 
+from provisioning.engines.emulator import ERPNextEmulator, MemoryStore
+from provisioning.engines.errors import EngineAuthError
 from provisioning.models import OnboardingStatus
 from provisioning.services import onboarding_continue, onboarding_retry, onboarding_start
 from tenants.services import tenant_allow_restricting_existing_admin
@@ -122,3 +124,24 @@ def test_a_user_moran_created_stays_its_own_across_a_retry(eager, on_commit, fra
     assert onboarding.status == OnboardingStatus.COMPLETED
     assert onboarding.provisioning_steps["step_7_admin_user"]["result"]["created_by_moran"] is True
     assert companies_seen_by(frappe, tenant.admin_email) == [tenant.company_name]
+
+
+def test_the_emulator_models_what_a_user_permission_restricts():
+    # given: a site with two companies and a user (recording 15)
+    site = ERPNextEmulator(MemoryStore())
+    site.insert("Company", {"company_name": "Other Co", "abbr": "OC", "default_currency": "EUR", "country": "Germany"})
+    site.insert("User", {"email": "u@lab.test", "first_name": "U"})
+    everything = sorted(row["name"] for row in site.get_list("Company"))
+    user = site.acting_as("u@lab.test")
+    assert sorted(row["name"] for row in user.get_list("Company")) == everything
+    # when: one User Permission on Company
+    permission = site.insert("User Permission", {"user": "u@lab.test", "allow": "Company", "for_value": "Other Co"})
+    # then: the user lists only that company, and reading another is a 403 PermissionError
+    assert [row["name"] for row in user.get_list("Company")] == ["Other Co"]
+    with pytest.raises(EngineAuthError) as refused:
+        user.get_doc("Company", next(name for name in everything if name != "Other Co"))
+    assert (refused.value.status, refused.value.exc_type) == (403, "PermissionError")
+    # and the Administrator is not restricted; deleting the permission lifts it
+    assert sorted(row["name"] for row in site.get_list("Company")) == everything
+    site.delete("User Permission", permission["name"])
+    assert sorted(row["name"] for row in user.get_list("Company")) == everything
