@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.selectors import user_get_by_email, user_label
-from moran.api.filters import QueryFilterSerializer
+from moran.api.filters import VISIBLE_TEXT, QueryFilterSerializer
 from moran.api.pagination import Pagination
 from moran.api.permissions import IsOperatorForWrites
 from moran.api.schema import PAGE_PARAMETERS, TENANT_ID, error_responses, paginated
@@ -58,7 +58,7 @@ class TenantListApi(APIView):
 
     class FilterSerializer(QueryFilterSerializer):
         status = serializers.ChoiceField(choices=OnboardingStatus.choices, required=False)
-        search = serializers.CharField(required=False, max_length=140)
+        search = serializers.CharField(required=False, max_length=140, validators=[VISIBLE_TEXT])
 
     class InputSerializer(serializers.Serializer):
         # Types only: the rules of a tenant (slug, ISO 4217, abbreviation, uniqueness) live in tenant_create.

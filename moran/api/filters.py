@@ -1,5 +1,6 @@
-"""Query-string filters for the API's list views."""
+"""Query-string filters for the API's list views, and the patterns of free-text inputs."""
 
+from django.core.validators import RegexValidator
 from rest_framework import serializers
 
 
@@ -15,3 +16,10 @@ class QueryFilterSerializer(serializers.Serializer):
                     {name: [f"'{name}' was given no value: give one, or leave the parameter out"] for name in empty}
                 )
         return super().to_internal_value(data)
+
+
+# Text a person typed: at least one visible character, no NUL (PostgreSQL cannot store or compare one). Declared as a
+# pattern so that the OpenAPI schema says what the server accepts (DRF trims, then refuses blanks and NULs).
+VISIBLE_TEXT = RegexValidator(r"^[^\x00]*[^\s\x00][^\x00]*$", "Give some visible text (no NUL characters)")
+# Text taken as it is (a password): anything but NUL.
+NO_NUL = RegexValidator(r"^[^\x00]*$", "NUL characters are not allowed")
