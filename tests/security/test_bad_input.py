@@ -106,3 +106,10 @@ def test_an_empty_filter_value_is_a_400_naming_the_parameter(operator, acme, cli
     assert body["error"] == "invalid"
     assert list(body["fields"]) == [parameter]
     assert parameter in body["detail"]
+
+
+@pytest.mark.parametrize("query", ["page=x", "page=0", "page=1&page=2", "page_size=-1", "page_size=1.5", "page=last"])
+def test_a_bad_page_or_page_size_is_a_400_naming_it(operator, acme, client_for, query):
+    response = client_for(operator).get(f"/api/tenants?{query}")
+    assert response.status_code == 400
+    assert list(response.json()["fields"]) == [query.split("=")[0]]
