@@ -3,7 +3,7 @@ import re
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
 
-_POSITIVE_INT = re.compile(r"[1-9][0-9]{0,17}")
+_POSITIVE_INT = re.compile(r"[1-9][0-9]*")
 
 
 class Pagination(PageNumberPagination):
