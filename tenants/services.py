@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from moran.errors import InvalidInput
+from moran.errors import DomainError, InvalidInput
 from provisioning.currencies import ISO_4217
 from tenants.models import EngineConnection, Tenant
 
@@ -130,6 +130,8 @@ def engine_connection_test(*, connection: EngineConnection) -> tuple[bool, str]:
     )
     try:
         engine = engine_for(connection)
+    except DomainError as exc:  # the stored secret does not open with the configured keys
+        return False, f"{connection.name}: {exc.message}"
     except ImportError:
         return (
             False,

@@ -139,3 +139,15 @@ def test_the_migration_encrypts_the_secrets_already_stored():
     engine = EngineConnection.objects.get(name="legacy")
     assert SECRET not in stored_column(engine.pk)
     assert engine.api_secret == SECRET
+
+
+def test_test_connection_says_so_when_the_secret_does_not_open(admin_client, settings):
+    # given: a secret under a key that is no longer configured
+    settings.MORAN_SECRET_KEYS = [Fernet.generate_key().decode()]
+    engine = make_engine(api_secret=SECRET)
+    settings.MORAN_SECRET_KEYS = [Fernet.generate_key().decode()]
+    # when
+    response = admin_client.post(f"/admin/tenants/engineconnection/{engine.pk}/test/", follow=True)
+    # then: a message, not a 500
+    assert response.status_code == 200
+    assert "cannot be decrypted with the configured MORAN_SECRET_KEYS" in response.content.decode()
