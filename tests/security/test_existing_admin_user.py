@@ -12,7 +12,9 @@ from provisioning.engines.emulator import ERPNextEmulator, MemoryStore
 from provisioning.engines.errors import EngineAuthError
 from provisioning.models import OnboardingStatus
 from provisioning.services import onboarding_continue, onboarding_retry, onboarding_start
+from tenants.models import Tenant
 from tenants.services import tenant_allow_restricting_existing_admin
+from tests.support.commands import run
 from tests.support.factories import make_tenant
 
 pytestmark = pytest.mark.django_db
@@ -145,3 +147,35 @@ def test_the_emulator_models_what_a_user_permission_restricts():
     assert sorted(row["name"] for row in site.get_list("Company")) == everything
     site.delete("User Permission", permission["name"])
     assert sorted(row["name"] for row in user.get_list("Company")) == everything
+
+
+def test_the_operator_allows_it_through_the_api_the_cli_and_the_admin(operator, client_for, admin_client, eager):
+    # API: on create
+    body = {
+        "slug": "lab-tenant",
+        "company_name": "Lab Tenant Ltd",
+        "abbr": "LABT",
+        "currency": "EUR",
+        "country": "Germany",
+        "admin_email": EXISTING,
+        "start": False,
+        "allow_restricting_existing_admin": True,
+    }
+    response = client_for(operator).post("/api/tenants", body, format="json")
+    assert response.status_code == 201
+    assert response.json()["allow_restricting_existing_admin"] is True
+    # CLI: on create, and later on an existing tenant
+    code, _, err = run(
+        "provision_tenant", "cli-tenant", "--create", "--company", "Cli Ltd", "--abbr", "CLI", "--currency", "EUR",
+        "--country", "Germany", "--admin-email", "x@cli.test", "--allow-restrict-existing-admin", "--no-wait",
+    )  # fmt: skip
+    assert code == 0, err
+    later = make_tenant()
+    run("provision_tenant", later.slug, "--allow-restrict-existing-admin", "--no-wait")
+    assert set(Tenant.objects.filter(allow_restricting_existing_admin=True).values_list("slug", flat=True)) == {
+        "lab-tenant",
+        "cli-tenant",
+        later.slug,
+    }
+    # admin: a field of the tenant's page
+    assert b'name="allow_restricting_existing_admin"' in admin_client.get("/admin/tenants/tenant/add/").content
