@@ -364,3 +364,31 @@ CACHES = {
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "moran"}
     )
 }
+
+# --- Security -------------------------------------------------------------------------------------------------
+# Kept in one block so that other changes to this file stay out of its way. SECURITY.md says what each one protects.
+
+# Engine API secrets are stored encrypted (Fernet, moran.encryption). MORAN_SECRET_KEYS: comma-separated Fernet keys;
+# the first encrypts, every one decrypts, so a key is rotated by putting the new one first, running
+# `manage.py rotate_engine_secrets`, then removing the old one. Production without a key does not start (moran.E006).
+MORAN_SECRET_KEYS = env.list("MORAN_SECRET_KEYS", default=[])
+# DEVELOPMENT ONLY: with no key set, one is derived from SECRET_KEY so the embedded default needs no setup. Such a key
+# is only as secret as SECRET_KEY (in development, a published default): never rely on it for real credentials.
+MORAN_SECRET_KEYS_DERIVED = not MORAN_SECRET_KEYS and not PRODUCTION
+if MORAN_SECRET_KEYS_DERIVED:
+    _digest = __import__("hashlib").sha256(f"moran-engine-secrets:{SECRET_KEY}".encode()).digest()
+    MORAN_SECRET_KEYS = [__import__("base64").urlsafe_b64encode(_digest).decode()]
+
+# The log-in throttles count the address of the client, read from X-Forwarded-For only when this many proxies of
+# ours stand in front (each appends one address). 0 = not behind a proxy: the header is the client's to invent and is
+# ignored. (DRF reads None as "trust the whole header", so 0 must stay 0.)
+MORAN_NUM_PROXIES = env.int("MORAN_NUM_PROXIES", default=0)
+REST_FRAMEWORK["NUM_PROXIES"] = MORAN_NUM_PROXIES
+# JSON bodies under /api/ are refused past this many bytes (413), before they are parsed; the API's largest
+# legitimate body (a tenant with its lists) is a few kilobytes.
+MORAN_MAX_JSON_BODY = env.int("MORAN_MAX_JSON_BODY", default=1024 * 1024)
+REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"] = ["moran.api.parsers.StrictJSONParser"]
+# Rotating SECRET_KEY: the old key here (comma-separated) keeps sessions and signed values valid until they expire.
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
+# A refused CSRF check under /api/ answers JSON like every other /api/ error (the admin keeps Django's page).
+CSRF_FAILURE_VIEW = "moran.api.exception_handlers.csrf_failure"

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from moran.errors import InvalidInput
+from moran.errors import DomainError, InvalidInput
 from provisioning.currencies import ISO_4217
 from provisioning.webhooks.targets import WebhookTargetRefused, webhook_url_check
 from tenants.models import EngineConnection, Tenant
@@ -70,6 +70,7 @@ def tenant_build(
     extra_cost_centers: list[str] | None = None,
     extra_warehouses: list[str] | None = None,
     webhook_url: str | None = None,
+    allow_restricting_existing_admin: bool = False,
 ) -> Tenant:
     """An unsaved, normalised tenant: what ``tenant_create`` would save (batches compare and validate with it)."""
     return Tenant(
@@ -86,6 +87,7 @@ def tenant_build(
         engine=engine or engine_get(),
         owner=owner,
         webhook_url=(webhook_url or "").strip() or None,
+        allow_restricting_existing_admin=bool(allow_restricting_existing_admin),
     )
 
 
@@ -104,6 +106,7 @@ def tenant_create(
     extra_cost_centers: list[str] | None = None,
     extra_warehouses: list[str] | None = None,
     webhook_url: str | None = None,
+    allow_restricting_existing_admin: bool = False,
 ) -> Tenant:
     """Create a tenant and its onboarding (PENDING). Provisioning starts with ``onboarding_start``."""
     from provisioning.services import onboarding_create
@@ -122,6 +125,7 @@ def tenant_create(
         extra_cost_centers=extra_cost_centers,
         extra_warehouses=extra_warehouses,
         webhook_url=webhook_url,
+        allow_restricting_existing_admin=allow_restricting_existing_admin,
     )
     tenant_validate(tenant)
     try:
@@ -138,6 +142,14 @@ def tenant_create(
             clashes["abbr"] = [f"Abbreviation '{tenant.abbr}' already belongs to a tenant of this engine"]
         clashes = clashes or {"slug": ["A tenant with these details already exists"]}
         raise InvalidInput(invalid_message(clashes), fields=clashes) from None
+    return tenant
+
+
+def tenant_allow_restricting_existing_admin(*, tenant: Tenant, allow: bool = True) -> Tenant:
+    """Let (or stop letting) step 8 restrict the tenant's admin user when that user existed in the engine before Moran
+    and could see every company. An operator's explicit choice, per tenant."""
+    Tenant.objects.filter(pk=tenant.pk).update(allow_restricting_existing_admin=allow)
+    tenant.allow_restricting_existing_admin = allow
     return tenant
 
 
@@ -160,6 +172,8 @@ def engine_connection_test(*, connection: EngineConnection) -> tuple[bool, str]:
     )
     try:
         engine = engine_for(connection)
+    except DomainError as exc:  # the stored secret does not open with the configured keys
+        return False, f"{connection.name}: {exc.message}"
     except ImportError:
         return (
             False,

@@ -28,7 +28,7 @@ from provisioning.services import onboarding_continue, onboarding_retry, onboard
 from provisioning.steps import STEP_NAMES, TOTAL_STEPS
 from tenants.models import EngineConnection
 from tenants.selectors import tenant_get_visible
-from tenants.services import engine_get, tenant_create
+from tenants.services import engine_get, tenant_allow_restricting_existing_admin, tenant_create
 
 EXIT_OK, EXIT_NOT_COMPLETED, EXIT_BAD_INPUT = 0, 1, 2
 TERMINAL = {OnboardingStatus.COMPLETED, OnboardingStatus.PARTIAL, OnboardingStatus.FAILED, OnboardingStatus.CANCELLED}
@@ -57,6 +57,11 @@ class Command(BaseCommand):
             "--warehouse", action="append", default=[], dest="warehouses", help="an extra warehouse (repeatable)"
         )
         parser.add_argument("--engine", help="engine connection name (default: %(default)s)", default=None)
+        parser.add_argument(
+            "--allow-restrict-existing-admin",
+            action="store_true",
+            help="let step 8 restrict an admin user that existed in the engine before (and could see every company)",
+        )
         parser.add_argument("--fail-step", help="sandbox: make this step fail once, permanently")
         parser.add_argument("--sandbox-latency", type=int, metavar="MS", help="sandbox: add MS to every engine call")
         action = parser.add_mutually_exclusive_group()
@@ -156,6 +161,7 @@ class Command(BaseCommand):
                 engine=engine,
                 extra_cost_centers=opts["cost_centers"],
                 extra_warehouses=opts["warehouses"],
+                allow_restricting_existing_admin=opts["allow_restrict_existing_admin"],
             )
             self.stdout.write(
                 f"created tenant {tenant.slug} ({tenant.company_name}, {tenant.abbr}) on engine {engine.name}"
@@ -164,7 +170,10 @@ class Command(BaseCommand):
         for flag in ("company", "abbr", "currency", "country", "admin_email", "engine"):
             if opts[flag]:
                 raise BadInput(f"--{flag.replace('_', '-')} is only used with --create")
-        return tenant_get_visible(identifier=opts["slug"])
+        tenant = tenant_get_visible(identifier=opts["slug"])
+        if opts["allow_restrict_existing_admin"]:
+            tenant_allow_restricting_existing_admin(tenant=tenant)
+        return tenant
 
     def _read_only(self, tenant, *, verify: bool) -> int:
         engine = tenant.engine
