@@ -221,17 +221,17 @@ def test_it_sends_again_a_run_that_never_reached_the_broker(settings, monkeypatc
     assert_attempts_add_up(tenant.onboarding)
 
 
-def test_it_resumes_a_stalled_run(lost_broker, settings, eager):
-    # given a run whose step 5 completed and whose next message was lost with the broker
+def test_it_resumes_a_run_whose_next_message_was_lost(lost_broker, settings, eager):
+    # given a run whose step 5 completed and whose next message was lost with the broker (no worker begins anything)
     tenant = make_tenant()
     onboarding_start(onboarding=tenant.onboarding)
     run_steps(tenant.onboarding, 6)
     lost_broker["lose"] = False
-    assert sweep(now=later(settings.SWEEP_STALL_DEADLINE - 5)) == []
+    assert sweep(now=later(settings.SWEEP_IDLE_GRACE - 3)) == []
     # when
-    actions = sweep(now=later(settings.SWEEP_STALL_DEADLINE + 1))
+    actions = sweep(now=later(settings.SWEEP_IDLE_GRACE + 1))
     # then
-    assert [(a.action, a.problem) for a in actions] == [("resumed", "stalled")]
+    assert [(a.action, a.problem) for a in actions] == [("resumed", "lost")]
     tenant.onboarding.refresh_from_db()
     assert tenant.onboarding.status == OnboardingStatus.COMPLETED
     assert ProvisioningRun.objects.filter(onboarding=tenant.onboarding).first().start_index == 6

@@ -12,7 +12,7 @@ def test_the_beat_schedule_runs_the_sweep_task():
     assert "provisioning.sweep" in app.tasks
     entry = beat_schedule(set(app.tasks))["provisioning.sweep"]
     assert entry["task"] == "provisioning.sweep"
-    assert entry["schedule"] == float(django_settings.SWEEP_INTERVAL) == 60.0
+    assert entry["schedule"] == float(django_settings.SWEEP_INTERVAL) == 5.0
 
 
 @pytest.mark.django_db
