@@ -34,7 +34,7 @@ test-redis: install
 test-rabbitmq: install
 	@if [ -n "$(TEST_AMQP_URL)" ]; then \
 	  DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} CELERY_BROKER_URL=$(TEST_AMQP_URL) \
-	    $(BIN)/pytest -m "realpath or fault" $(PYTEST_ARGS); \
+	    $(BIN)/pytest -m "(realpath or fault) and not browser" $(PYTEST_ARGS); \
 	else echo "test-rabbitmq: TEST_AMQP_URL is empty, skipped"; fi
 
 # Only the fault tests and the reduced soak (see RELIABILITY.md), on each broker.

@@ -28,7 +28,10 @@ def beat_schedule(registered) -> dict:
     for name, interval_setting in PERIODIC_TASKS:
         interval = getattr(settings, interval_setting, 0)
         if name in registered and interval > 0:
-            schedule[name] = {"task": name, "schedule": float(interval), "options": {"expires": float(interval)}}
+            options = {"expires": float(interval)}
+            if name == "provisioning.sweep" and settings.SWEEP_QUEUE:
+                options["queue"] = settings.SWEEP_QUEUE
+            schedule[name] = {"task": name, "schedule": float(interval), "options": options}
     return schedule
 
 

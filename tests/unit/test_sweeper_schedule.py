@@ -28,3 +28,12 @@ def test_it_warns_when_the_visibility_timeout_is_shorter_than_a_step(settings):
     assert [e.id for e in check_redelivery_settings(None)] == ["moran.W003"]
     settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
     assert check_redelivery_settings(None) == []
+
+
+def test_the_sweeper_goes_to_a_queue_of_its_own_when_one_is_named(settings):
+    # given a deployment whose provisioning queue may hold a backlog
+    settings.SWEEP_QUEUE = "sweeper"
+    # when / then beat sends the sweep to the sweeper's queue; without one, to the default (provisioning) queue
+    assert beat_schedule({"provisioning.sweep"})["provisioning.sweep"]["options"]["queue"] == "sweeper"
+    settings.SWEEP_QUEUE = ""
+    assert "queue" not in beat_schedule({"provisioning.sweep"})["provisioning.sweep"]["options"]
