@@ -295,8 +295,13 @@ def _interrupted_in_a_row(onboarding_id, step: str) -> int:
 def active_runs():
     """(onboarding, run) of every onboarding with a run in charge: two queries, served by the partial index on the
     active rows whatever the number of tenants."""
-    onboardings = list(Onboarding.objects.filter(run_id__isnull=False).select_related("tenant").order_by("id"))
-    runs = ProvisioningRun.objects.in_bulk([ob.run_id for ob in onboardings])
+    # Only what a diagnosis reads: building a thousand full rows (and their tenants) would cost more than the queries.
+    # The tenant's slug is read only for an onboarding the sweeper acts on.
+    active = Onboarding.objects.filter(run_id__isnull=False).order_by("id")
+    onboardings = list(active.only("id", "tenant_id", "run_id", "provisioning_steps", "updated_at"))
+    runs = ProvisioningRun.objects.only("id", "outcome", "start_index", "created_at", "enqueued_at").in_bulk(
+        [ob.run_id for ob in onboardings]
+    )
     return [(ob, runs[ob.run_id]) for ob in onboardings if ob.run_id in runs]
 
 
