@@ -425,3 +425,5 @@ admin.site.index_title = "Tenants, their provisioning and the engines they live 
 admin.site.register(Onboarding, OnboardingAdmin)
 admin.site.register(ProvisioningRun, ProvisioningRunAdmin)
 admin.site.register(StepLog, StepLogAdmin)
+
+from provisioning import admin_webhooks  # noqa: E402, F401  (the webhook deliveries' pages)

@@ -170,3 +170,6 @@ class SandboxFault(models.Model):
     remaining = models.PositiveIntegerField(default=1)
     latency_ms = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
+
+
+from provisioning.webhooks.models import WebhookAttempt, WebhookDelivery  # noqa: E402, F401  (the outbox's tables)

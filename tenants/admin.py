@@ -147,12 +147,20 @@ CREATE_FIELDS = [
     "extra_warehouses",
     "engine",
     "owner",
+    "webhook_url",
 ]
 # What the engine already holds under these values: fixed once the tenant exists.
 FIXED_AFTER_CREATE = ["slug", "company_name", "abbr", "currency", "country", "engine"]
 
 
 class TenantForm(forms.ModelForm):
+    webhook_url = forms.URLField(
+        assume_scheme="https",
+        max_length=500,
+        required=False,
+        empty_value=None,
+        help_text="Called when the onboarding ends: https, a public address. Empty: the global MORAN_WEBHOOK_URL.",
+    )
     extra_cost_centers = NameListField(required=False, help_text="One name a line, without ' - ABBR'.")
     extra_warehouses = NameListField(required=False, help_text="One name a line, without ' - ABBR'.")
 

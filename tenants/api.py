@@ -80,6 +80,14 @@ class TenantListApi(APIView):
         owner_email = serializers.EmailField(
             required=False, allow_null=True, default=None, help_text="the user who may follow this tenant"
         )
+        webhook_url = serializers.CharField(
+            max_length=500,
+            required=False,
+            allow_blank=True,
+            allow_null=True,
+            default=None,
+            help_text="called when the onboarding ends (https, a public address); empty: the global one",
+        )
         start = serializers.BooleanField(default=True, help_text="start provisioning now (default true)")
 
     @extend_schema(

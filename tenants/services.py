@@ -10,6 +10,7 @@ from django.db import IntegrityError, transaction
 
 from moran.errors import InvalidInput
 from provisioning.currencies import ISO_4217
+from provisioning.webhooks.targets import WebhookTargetRefused, webhook_url_check
 from tenants.models import EngineConnection, Tenant
 
 logger = logging.getLogger("moran.tenants")
@@ -41,6 +42,11 @@ def tenant_validate(tenant: Tenant) -> None:
         values = getattr(tenant, field)
         if not isinstance(values, list) or not all(isinstance(v, str) and v.strip() and " - " not in v for v in values):
             errors.setdefault(field, []).append("A list of plain names (without ' - ABBR')")
+    if tenant.webhook_url and "webhook_url" not in errors:
+        try:
+            webhook_url_check(tenant.webhook_url)
+        except WebhookTargetRefused as exc:
+            errors["webhook_url"] = [f"Not an allowed webhook target: {exc}"]
     if errors:
         raise InvalidInput(invalid_message(errors), fields=errors)
 
