@@ -257,16 +257,16 @@ def test_a_late_task_of_a_superseded_run_changes_nothing(stuck, settings, lost_b
 
 
 def test_the_command_says_what_it_did(stuck, settings, capsys):
-    # given a step past its deadline (a zero deadline stands for the time passing)
-    settings.SWEEP_STEP_DEADLINE = 0
+    # given a step whose worker died (a zero liveness grace stands for the seconds passing)
+    settings.SWEEP_LIVENESS_GRACE = 0
     # when
     call_command("sweep_provisioning", "--dry-run")
     dry = capsys.readouterr().out
     call_command("sweep_provisioning")
     out = capsys.readouterr().out
     # then
-    assert "stuck" in dry and "nothing changed" in dry
-    assert f"{stuck.slug}: resumed (stuck)" in out and "done: 1 resumed" in out
+    assert "dead" in dry and "nothing changed" in dry
+    assert f"{stuck.slug}: resumed (dead)" in out and "done: 1 resumed" in out
 
 
 def test_it_does_not_send_again_a_run_that_began_without_enqueued_at(lost_broker, settings):
