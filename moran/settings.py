@@ -190,10 +190,11 @@ SWEEP_STALL_DEADLINE = env.int("MORAN_SWEEP_STALL_DEADLINE", default=2 * SWEEP_S
 # How many times in a row the sweeper resumes a step that dies while it runs; past it, the step is marked failed
 # ("Interrupted") and the onboarding PARTIAL/FAILED, for an operator to look at and continue.
 SWEEP_MAX_RESUMES = env.int("MORAN_SWEEP_MAX_RESUMES", default=3)
-# beat schedules provisioning.sweep every SWEEP_INTERVAL seconds: see celery_app.beat_schedule. It goes to the
-# provisioning queue unless a queue of its own is named here: behind a backlog of steps longer than its interval a
-# sweep waits (and expires), so a busy deployment gives the sweeper this queue and one small worker consuming it.
-SWEEP_QUEUE = env.str("MORAN_SWEEP_QUEUE", default="")
+# beat schedules provisioning.sweep every SWEEP_INTERVAL seconds (celery_app.beat_schedule) on a queue of its own,
+# which every worker consumes besides its -Q queues (celery_app adds it): on the provisioning queue a sweep would wait
+# behind the whole backlog of steps -- minutes with hundreds of tenants in flight -- and expire. Empty = the
+# provisioning queue.
+SWEEP_QUEUE = env.str("MORAN_SWEEP_QUEUE", default=f"{PROVISIONING_QUEUE}.sweeper")
 
 # A worker cut off from the network (not killed) keeps its PostgreSQL session, and with it a step's lease, until TCP
 # notices: two hours with Linux's defaults. Both ends are bounded here, so that the session ends, and the lease frees,

@@ -30,10 +30,10 @@ def test_it_warns_when_the_visibility_timeout_is_shorter_than_a_step(settings):
     assert check_redelivery_settings(None) == []
 
 
-def test_the_sweeper_goes_to_a_queue_of_its_own_when_one_is_named(settings):
-    # given a deployment whose provisioning queue may hold a backlog
-    settings.SWEEP_QUEUE = "sweeper"
-    # when / then beat sends the sweep to the sweeper's queue; without one, to the default (provisioning) queue
-    assert beat_schedule({"provisioning.sweep"})["provisioning.sweep"]["options"]["queue"] == "sweeper"
+def test_the_sweeper_goes_to_a_queue_of_its_own(settings):
+    # given the default: a queue of its own, beside the provisioning queue
+    assert settings.SWEEP_QUEUE == f"{settings.PROVISIONING_QUEUE}.sweeper"
+    # when / then beat sends the sweep there; with none named, to the default (provisioning) queue
+    assert beat_schedule({"provisioning.sweep"})["provisioning.sweep"]["options"]["queue"] == settings.SWEEP_QUEUE
     settings.SWEEP_QUEUE = ""
     assert "queue" not in beat_schedule({"provisioning.sweep"})["provisioning.sweep"]["options"]
