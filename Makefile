@@ -2,9 +2,11 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The tests run on the local PostgreSQL and Redis unless told otherwise.
+# The tests run on the local PostgreSQL and Redis unless told otherwise; the real-path and fault tests run a second
+# time on RabbitMQ when TEST_AMQP_URL names one (.ci/run sets it; empty = Redis only).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/moran
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/0
+TEST_AMQP_URL ?=
 # The development server's port (the operators' scripts expect 4000).
 PORT ?= 4000
 # `make dev` runs the real path (PostgreSQL, Redis, a worker and beat) on these unless DATABASE_URL /
@@ -12,7 +14,7 @@ PORT ?= 4000
 DEV_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/moran
 DEV_BROKER_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install demo test test-faults lint serve console dev worker flower migrate up down
+.PHONY: install demo test test-redis test-rabbitmq test-faults lint serve console dev worker flower migrate up down
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,11 +30,20 @@ demo: install
 	  --company "Demo $$(date +%s) Ltd" --abbr D$$(date +%s | tail -c 6) --currency EUR --country Germany \
 	  --admin-email admin@demo.test --cost-center Operations --warehouse Returns
 
-test: install
+# Everything on Redis, then the real-path and fault tests again on RabbitMQ (when TEST_AMQP_URL is set).
+test: test-redis test-rabbitmq
+
+test-redis: install
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} \
 	  $(BIN)/pytest $(PYTEST_ARGS)
 
-# Only the fault tests and the soak (see RELIABILITY.md).
+test-rabbitmq: install
+	@if [ -n "$(TEST_AMQP_URL)" ]; then \
+	  DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} CELERY_BROKER_URL=$(TEST_AMQP_URL) \
+	    $(BIN)/pytest -m "(realpath or fault) and not browser" $(PYTEST_ARGS); \
+	else echo "test-rabbitmq: TEST_AMQP_URL is empty, skipped"; fi
+
+# Only the fault tests and the reduced soak (see RELIABILITY.md), on each broker.
 test-faults: install
 	$(MAKE) test PYTEST_ARGS="-m fault -s $(PYTEST_ARGS)"
 

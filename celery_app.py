@@ -32,7 +32,10 @@ def beat_schedule(registered) -> dict:
     for name, interval_setting in PERIODIC_TASKS:
         interval = getattr(settings, interval_setting, 0)
         if name in registered and interval > 0:
-            schedule[name] = {"task": name, "schedule": float(interval), "options": {"expires": float(interval)}}
+            options = {"expires": float(interval)}
+            if name == "provisioning.sweep" and settings.SWEEP_QUEUE:
+                options["queue"] = settings.SWEEP_QUEUE  # every worker consumes it: see _consume_the_sweeper_queue
+            schedule[name] = {"task": name, "schedule": float(interval), "options": options}
     return schedule
 
 
@@ -42,6 +45,16 @@ def _add_periodic_tasks(sender, **kwargs):
     # add_periodic_task, not an assignment to conf.beat_schedule: under the CELERY_ namespace that would be ignored.
     for name, entry in beat_schedule(sender.tasks).items():
         sender.add_periodic_task(entry["schedule"], sender.signature(entry["task"]), name=name, **entry["options"])
+
+
+@signals.celeryd_after_setup.connect
+def _consume_the_sweeper_queue(sender, instance, **kwargs):
+    # Every worker also takes the sweeper's queue, whatever its -Q says, so the sweep never waits behind a backlog of
+    # steps and no deployment can forget to run it (two sweeps at once are safe).
+    from django.conf import settings
+
+    if settings.SWEEP_QUEUE and settings.SWEEP_INTERVAL > 0:
+        instance.app.amqp.queues.select_add(settings.SWEEP_QUEUE)
 
 
 @signals.setup_logging.connect

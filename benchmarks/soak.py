@@ -1,9 +1,11 @@
 """Run the soak (tests/faults/test_soak.py) with a number of tenants and print its figures.
 
-    DATABASE_URL=postgres://… CELERY_BROKER_URL=redis://… .venv/bin/python benchmarks/soak.py 100
+    DATABASE_URL=postgres://… CELERY_BROKER_URL=redis://… .venv/bin/python benchmarks/soak.py 200
+    DATABASE_URL=postgres://… CELERY_BROKER_URL=amqp://guest:guest@127.0.0.1:5672/<vhost> … benchmarks/soak.py 200
 
-The figures are on the line starting ``SOAK``. Needs PostgreSQL, a broker URL (the soak starts its own Redis for the
-workers) and ``redis-server`` on the PATH.
+The figures are on the line starting ``SOAK`` (also appended to ``artifacts/soak.txt``), among them the longest time
+any step stood running without a live worker. Needs PostgreSQL and a broker URL: with Redis the soak starts a Redis
+of its own for the workers (``redis-server`` on the PATH); with RabbitMQ it uses the one given, on queues of its own.
 """
 
 import os

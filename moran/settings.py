@@ -128,7 +128,10 @@ CELERY_TASK_DEFAULT_QUEUE = PROVISIONING_QUEUE
 # message to be redelivered instead of losing the step.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
-# One message at a time per worker process: a long step must not hold other tenants' steps hostage.
+# One message at a time per worker process. A long step must not hold other tenants' steps hostage; and with acks_late
+# every message a worker holds is one it is executing (a slot frees only when its step is acknowledged), so a worker
+# that dies takes no message it had not begun with it -- which is also what lets the sweeper read the queue's order
+# from the steps that began (a message sent after one that never began was taken: that one is lost).
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Time limits per step (seconds); the sweeper derives its deadlines from the hard limit.
 STEP_SOFT_TIME_LIMIT = env.int("MORAN_STEP_SOFT_TIME_LIMIT", default=120)
@@ -151,29 +154,86 @@ CELERY_TASK_SEND_SENT_EVENT = True
 STEP_MAX_RETRIES = env.int("MORAN_STEP_MAX_RETRIES", default=5)
 STEP_RETRY_BACKOFF = env.float("MORAN_STEP_RETRY_BACKOFF", default=2.0)
 
-# --- Reliability: step leases and the sweeper ----------------------------------------------------------
+# --- Reliability: step leases, the sweeper, the broker and the database connections ---------------------
 # A second delivery of a step that another worker is running waits this long for its lease before it is dropped
 # (covers the moment between a worker's death and PostgreSQL noticing its session ended).
 STEP_LEASE_WAIT = env.float("MORAN_STEP_LEASE_WAIT", default=5.0)
-# The sweeper (task provisioning.sweep on beat, and `manage.py sweep_provisioning`) resolves what no worker will:
-# a step running or retrying past its deadline, a run committed but never enqueued, a run with no step in flight and
-# no progress. A step's deadline is its hard time limit plus the longest retry countdown plus a margin; a live step is
-# killed by its hard limit before it, so past it the step's worker is gone.
+# The sweeper (task provisioning.sweep on beat, and `manage.py sweep_provisioning`) decides by liveness: a step shown
+# running whose lease no live database session holds is resumed, and a chain whose next message was lost is resumed,
+# within seconds. See provisioning/recovery.py. How often it passes: a pass costs three queries whatever the number of
+# tenants (the active rows, their runs, pg_locks), so it can pass often; a dead worker is noticed within one interval
+# plus the liveness grace.
+SWEEP_INTERVAL = env.int("MORAN_SWEEP_INTERVAL", default=5)
+# A running step whose lease is free is taken for dead only this long after it began: the clocks of the worker and of
+# the sweeper's host may differ by a little.
+SWEEP_LIVENESS_GRACE = env.int("MORAN_SWEEP_LIVENESS_GRACE", default=5)
+# The chain's next message is taken for lost once messages sent after it were begun by workers at least this long
+# ago (a message is begun within moments of being taken: prefetch is one per process, with acks_late)...
+SWEEP_PICKUP_GRACE = env.int("MORAN_SWEEP_PICKUP_GRACE", default=5)
+# ... comparing times written by different hosts, with this margin for clock skew and for the moment between a
+# step's end being written and its next message sent.
+SWEEP_FIFO_MARGIN = env.int("MORAN_SWEEP_FIFO_MARGIN", default=2)
+# ... or when no worker has begun any step for this long and none is executing one (the broker lost every message,
+# or no worker is up: then each further resume waits twice as long, up to the stall deadline).
+SWEEP_IDLE_GRACE = env.int("MORAN_SWEEP_IDLE_GRACE", default=15)
+# A run committed this long ago whose enqueue never succeeded (enqueued_at empty) is sent again as a new run. An
+# enqueue takes milliseconds, or a few seconds of the broker client's retries when the broker is down.
+SWEEP_ENQUEUE_GRACE = env.int("MORAN_SWEEP_ENQUEUE_GRACE", default=15)
+# Backstops, for what liveness cannot see: a live worker hung past its time limits (a step's deadline is its hard
+# time limit plus the longest retry countdown plus a margin; a live step is killed by its hard limit before it), and a
+# run with no step in flight and no write for twice that.
 SWEEP_MARGIN = env.int("MORAN_SWEEP_MARGIN", default=60)
 SWEEP_STEP_DEADLINE = env.int(
     "MORAN_SWEEP_STEP_DEADLINE", default=STEP_TIME_LIMIT + STEP_RETRY_BACKOFF_MAX + SWEEP_MARGIN
 )
-# A run with no step in flight (its next message lost with a broker) and no write for this long is stalled. It must
-# exceed the longest wait of a message in the queue behind other tenants' steps.
 SWEEP_STALL_DEADLINE = env.int("MORAN_SWEEP_STALL_DEADLINE", default=2 * SWEEP_STEP_DEADLINE)
-# A run committed this long ago whose enqueue never succeeded (enqueued_at empty) is sent again as a new run.
-SWEEP_ENQUEUE_GRACE = env.int("MORAN_SWEEP_ENQUEUE_GRACE", default=120)
-# How many times in a row the sweeper resumes an onboarding by itself; past it, the interrupted step is marked
-# failed ("Interrupted") and the onboarding PARTIAL/FAILED, for an operator to look at and continue.
+# How many times in a row the sweeper resumes a step that dies while it runs; past it, the step is marked failed
+# ("Interrupted") and the onboarding PARTIAL/FAILED, for an operator to look at and continue.
 SWEEP_MAX_RESUMES = env.int("MORAN_SWEEP_MAX_RESUMES", default=3)
-SWEEP_INTERVAL = env.int("MORAN_SWEEP_INTERVAL", default=60)
+# beat schedules provisioning.sweep every SWEEP_INTERVAL seconds (celery_app.beat_schedule) on a queue of its own,
+# which every worker consumes besides its -Q queues (celery_app adds it): on the provisioning queue a sweep would wait
+# behind the whole backlog of steps -- minutes with hundreds of tenants in flight -- and expire. Empty = the
+# provisioning queue.
+SWEEP_QUEUE = env.str("MORAN_SWEEP_QUEUE", default=f"{PROVISIONING_QUEUE}.sweeper")
 
-# beat schedules provisioning.sweep every SWEEP_INTERVAL seconds: see celery_app.beat_schedule.
+# A worker cut off from the network (not killed) keeps its PostgreSQL session, and with it a step's lease, until TCP
+# notices: two hours with Linux's defaults. Both ends are bounded here, so that the session ends, and the lease frees,
+# within about 30 s (idle 10 s + 4 probes x 5 s): the worker's side by libpq's keepalives and tcp_user_timeout
+# (unacknowledged data), the server's side per session (tcp_keepalives_*; client_connection_check_interval, on
+# PostgreSQL 14 and later, also ends a query whose client is gone). A late write of the cut-off worker, once its link
+# is back, is on a new session and fenced like any other.
+DB_KEEPALIVE_IDLE = env.int("MORAN_DB_KEEPALIVE_IDLE", default=10)
+DB_KEEPALIVE_INTERVAL = env.int("MORAN_DB_KEEPALIVE_INTERVAL", default=5)
+DB_KEEPALIVE_COUNT = env.int("MORAN_DB_KEEPALIVE_COUNT", default=4)
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    _server_side = (
+        f"-c tcp_keepalives_idle={DB_KEEPALIVE_IDLE} -c tcp_keepalives_interval={DB_KEEPALIVE_INTERVAL}"
+        f" -c tcp_keepalives_count={DB_KEEPALIVE_COUNT}"
+    )
+    if env.bool("MORAN_DB_CONNECTION_CHECK", default=True):
+        _server_side += f" -c client_connection_check_interval={DB_KEEPALIVE_INTERVAL * 1000}"
+    _db_options = DATABASES["default"].setdefault("OPTIONS", {})
+    for _key, _value in {
+        "keepalives": 1,
+        "keepalives_idle": DB_KEEPALIVE_IDLE,
+        "keepalives_interval": DB_KEEPALIVE_INTERVAL,
+        "keepalives_count": DB_KEEPALIVE_COUNT,
+        "tcp_user_timeout": 1000 * (DB_KEEPALIVE_IDLE + DB_KEEPALIVE_INTERVAL * DB_KEEPALIVE_COUNT),
+    }.items():
+        _db_options.setdefault(_key, _value)
+    _db_options["options"] = f"{_db_options.get('options', '')} {_server_side}".strip()
+
+# The broker. Redis and RabbitMQ both work (README: which to choose). With acks_late a message is acknowledged once
+# its step ended; a worker that dies holding it: RabbitMQ hands it back the moment the connection drops, Redis after
+# the visibility timeout (an hour here: it must exceed the longest step plus the longest retry countdown, or a live
+# step would be delivered twice). Neither wait matters to recovery: the sweeper notices the dead step within seconds
+# by its lease, and the late copy, when it comes, is fenced.
+if CELERY_BROKER_URL.startswith(("amqp://", "amqps://", "pyamqp://")):
+    # Publisher confirms: a chain's next message is sent only once the broker has it.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+    # RabbitMQ closes a channel whose delivery stays unacknowledged past its consumer_timeout (30 min by default),
+    # and a retry's countdown is held unacknowledged: both stay far below it (3 min hard limit, 1 min countdown).
+
 # Batches advance when one of their runs ends; beat also passes over every unfinished batch this often, in case
 # that message was lost (0 turns the pass off).
 BATCH_ADVANCE_INTERVAL = env.int("MORAN_BATCH_ADVANCE_INTERVAL", default=30)

@@ -1,24 +1,34 @@
-"""The sweeper: finds the runs no worker will finish, and resolves them.
+"""The sweeper: finds the runs no worker will finish, and resolves them — within seconds, by liveness, not deadlines.
 
-What it looks for, on every onboarding with a run in charge:
+It passes every few seconds (``SWEEP_INTERVAL``) and reads, for all runs in charge at once, the onboarding rows and
+the step leases held in ``pg_locks`` (a lease is a PostgreSQL session advisory lock: it ends with its worker's
+database session). What it looks for:
 
+* **dead** — a step ``running`` for more than ``SWEEP_LIVENESS_GRACE`` whose lease no live session holds. The lease
+  is taken before the attempt is recorded and released after its end is, so the attempt's worker is gone (killed,
+  or cut off long enough for its session to end: see the keepalive settings);
+* **lost** — the chain's next message never began: the step that ended (the *handoff*) sent it, and either steps
+  whose messages were sent after it have since been taken by workers (the queue is first in, first out, so it was
+  taken too, by a worker that died before beginning it, or it went with the broker), or no worker has begun any
+  step for ``SWEEP_IDLE_GRACE`` while none is executing. A ``retrying`` step is lost the same way once its longest
+  countdown (``STEP_RETRY_BACKOFF_MAX``) is over. A message merely queued behind others is never taken for lost:
+  nothing sent after it has been taken yet;
 * **never enqueued** — the run was committed but its chain never reached the broker (``enqueued_at`` empty past
-  ``SWEEP_ENQUEUE_GRACE``: the process died between the commit and the enqueue, or the broker refused it);
-* **stuck** — a step ``running`` (its worker was lost and the message will not come back soon) or ``retrying`` (its
-  retry message was lost) past its deadline, ``SWEEP_STEP_DEADLINE`` (the hard time limit plus the longest retry
-  countdown plus a margin). A running step whose lease is still held by a live database session is left alone;
-* **stalled** — no step in flight and no write for ``SWEEP_STALL_DEADLINE`` (the next step's message was lost, e.g.
-  with a restarted broker that kept nothing).
+  ``SWEEP_ENQUEUE_GRACE``);
+* the backstops: **stuck** — a step running or retrying past ``SWEEP_STEP_DEADLINE`` (a live but hung worker: past
+  its hard time limit; left alone while its lease is held), and **stalled** — no step in flight and no write for
+  ``SWEEP_STALL_DEADLINE``.
 
 How it resolves them: it **resumes** the onboarding as a new run from the first step that is not completed or
-skipped (fencing discards any late message of the old run). A step found interrupted while running
-``SWEEP_MAX_RESUMES`` times since an operator last started a run is a poison step: the sweeper then **marks** it
-failed with an ``Interrupted`` error and ends the run, so the onboarding is PARTIAL or FAILED with the reason, and
-continue works.
+skipped (fencing discards any late message of the old run, so a message found later — a false alarm — does
+nothing). A step found interrupted while running ``SWEEP_MAX_RESUMES`` times since an operator last started a run
+is a poison step: the sweeper then **marks** it failed with an ``Interrupted`` error and ends the run, so the
+onboarding is PARTIAL or FAILED with the reason, and continue works.
 
 Every decision is taken inside :func:`provisioning.state.onboarding_write` — the one writer — fenced on the run it
-diagnosed and diagnosed again on the locked row, so two sweepers at once (two beat instances by mistake) never both
-act, and a run that moved on in the meantime is left alone. What it did is logged on the onboarding.
+diagnosed and diagnosed again on the locked row (its lease probed again), so two sweepers at once (two beat
+instances by mistake) never both act, and a run that moved on in the meantime is left alone. What it did is logged
+on the onboarding.
 """
 
 from __future__ import annotations
@@ -28,11 +38,12 @@ import logging
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from provisioning.models import Onboarding, ProvisioningRun, StepLog, StepStatus
-from provisioning.services import _log_row, run_resume, step_lease_free
+from provisioning.services import _log_row, run_resume, step_lease_free, step_lease_key
 from provisioning.state import ACTIVE, DONE, Stale, normalised, now_iso, onboarding_write, run_end
 from provisioning.steps import STEP_NAMES
 
@@ -46,7 +57,7 @@ FOUND_BY_SWEEPER = "(found by the sweeper)"
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # "never_enqueued" | "stuck" | "stalled"
+    kind: str  # "never_enqueued" | "dead" | "lost" | "stuck" | "stalled"
     step: str | None
     detail: str
 
@@ -66,17 +77,120 @@ class _Moved(Exception):
     """Under the lock, the problem is no longer there (a worker or another sweeper got there first)."""
 
 
+def _stamp(value) -> dt.datetime | None:
+    return parse_datetime(value) if isinstance(value, str) and value else value or None
+
+
 def _since(entry: dict) -> dt.datetime | None:
     stamp = (
         entry["started_at"] if entry["status"] == StepStatus.RUNNING else entry["finished_at"] or entry["started_at"]
     )
-    return parse_datetime(stamp) if stamp else None
+    return _stamp(stamp)
 
 
-def diagnose(onboarding: Onboarding, run: ProvisioningRun, *, now: dt.datetime) -> Problem | None:
+@dataclass(frozen=True)
+class Flow:
+    """Where a run's chain stands, read from its step states: the step in flight (running or waiting for a retry),
+    or the time the chain last moved on (the *handoff*: the last step of this run ended, or the run was enqueued)
+    and the step whose message it sent; and, for the FIFO evidence, the latest step this run began and the handoff
+    that sent it."""
+
+    active: str | None
+    handoff: dt.datetime | None
+    waiting: str | None
+    began_at: dt.datetime | None
+    began_handoff: dt.datetime | None
+
+
+def run_flow(steps: dict, run: ProvisioningRun) -> Flow:
+    run_id, sent = str(run.id), run.enqueued_at or run.created_at
+    active = next((n for n, e in steps.items() if e["status"] in ACTIVE and e.get("run_id") == run_id), None)
+    handoff, began_at, began_handoff = sent, None, None
+    previous_end = sent
+    for name in STEP_NAMES:
+        entry = steps[name]
+        if entry.get("run_id") != run_id:
+            continue
+        started = _stamp(entry["started_at"])
+        if started and (began_at is None or started >= began_at):
+            # A step's message was sent when the step before it in this run ended (or when the run was enqueued).
+            began_at, began_handoff = started, previous_end
+        if entry["status"] in DONE and entry["finished_at"]:
+            handoff = previous_end = _stamp(entry["finished_at"])
+    waiting = next((n for n in STEP_NAMES if steps[n]["status"] not in DONE), None)
+    return Flow(active, handoff, waiting, began_at, began_handoff)
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """What one pass of the sweeper knows about every active run at once (two queries, whatever the number of runs).
+
+    ``held``: the step leases a live database session holds (``pg_locks``). ``delivered_before``: every step message
+    sent before this moment has been delivered to a worker at least ``SWEEP_PICKUP_GRACE`` ago — the queue is
+    FIFO, and a message sent after it was taken and begun by then. ``busy``: some step holds its lease (a worker is
+    executing). ``last_begin``: the latest step begun in any active run."""
+
+    held: frozenset
+    delivered_before: dt.datetime | None = None
+    busy: bool = False
+    last_begin: dt.datetime | None = None
+    #: False without PostgreSQL (the embedded mode runs steps in-process, with no lease): deadlines alone decide.
+    known: bool = True
+
+    def with_probe(self, run_id, step: str | None) -> Liveness:
+        """The same, with one lease probed again now (under the row lock, before acting)."""
+        if step is None:
+            return self
+        key = step_lease_key(run_id, step)
+        held = self.held - {key} if step_lease_free(run_id, step) else self.held | {key}
+        return Liveness(held, self.delivered_before, self.busy, self.last_begin, self.known)
+
+
+def held_lease_keys() -> frozenset:
+    """Every advisory lock a live session holds in this database, as the 64-bit keys :func:`step_lease_key` makes:
+    one read of ``pg_locks`` for all runs (a bigint advisory lock shows as its high and low 32 bits)."""
+    if connection.vendor != "postgresql":
+        return frozenset()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT classid::oid::bigint, objid::oid::bigint FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND objsubid = 1 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        keys = ((high << 32) | low for high, low in cursor.fetchall())
+        return frozenset(key - (1 << 64) if key >= 1 << 63 else key for key in keys)
+
+
+def liveness(pairs, *, now: dt.datetime) -> Liveness:
+    """``pairs``: (onboarding, run) of every active run. Read the rows first, then the locks: a lease taken after
+    the rows were read belongs to an attempt the rows do not show yet, and is re-probed before acting anyway."""
+    held = held_lease_keys()
+    grace = dt.timedelta(seconds=settings.SWEEP_PICKUP_GRACE)
+    delivered_before = last_begin = None
+    busy = False
+    for onboarding, run in pairs:
+        steps = normalised(onboarding.provisioning_steps)
+        flow = run_flow(steps, run)
+        if flow.active and steps[flow.active]["status"] == StepStatus.RUNNING:
+            busy = busy or step_lease_key(run.id, flow.active) in held
+        if flow.began_at is None:
+            continue
+        last_begin = max(last_begin or flow.began_at, flow.began_at)
+        if flow.began_at <= now - grace and flow.began_handoff:
+            delivered_before = max(delivered_before or flow.began_handoff, flow.began_handoff)
+    if delivered_before is not None:
+        # Clock skew between hosts, and the moment between a step's end being written and its next message sent.
+        delivered_before -= dt.timedelta(seconds=settings.SWEEP_FIFO_MARGIN)
+    return Liveness(held, delivered_before, busy, last_begin, connection.vendor == "postgresql")
+
+
+def diagnose(
+    onboarding: Onboarding, run: ProvisioningRun, *, now: dt.datetime, live: Liveness | None = None
+) -> Problem | None:
     """What is wrong with the run in charge, or None. Reads only."""
     if run.outcome != ProvisioningRun.Outcome.ACTIVE or onboarding.run_id != run.id:
         return None
+    if live is None:
+        live = liveness([(onboarding, run)], now=now)
     steps = normalised(onboarding.provisioning_steps)
     # A step that began in this run proves the run reached an executor, whatever enqueued_at says (the embedded mode
     # sets it only after the whole chain ran in-process; a lost connection may have missed setting it).
@@ -90,24 +204,79 @@ def diagnose(onboarding: Onboarding, run: ProvisioningRun, *, now: dt.datetime) 
         return None
     for name, entry in steps.items():
         if entry["status"] in ACTIVE:
-            since = _since(entry)
-            age = (now - since).total_seconds() if since else float("inf")
-            if age < settings.SWEEP_STEP_DEADLINE:
-                return None  # a step in flight, within its deadline
-            verb = "running" if entry["status"] == StepStatus.RUNNING else "waiting for a retry"
-            return Problem(
-                "stuck",
-                name,
-                f"{name} has been {verb} for {age:.0f} s (attempt {entry['attempts']}; deadline "
-                f"{settings.SWEEP_STEP_DEADLINE} s)",
-            )
-    idle = (now - max(onboarding.updated_at, run.enqueued_at or run.created_at)).total_seconds()
-    if idle >= settings.SWEEP_STALL_DEADLINE:
-        first = next((n for n in STEP_NAMES if steps[n]["status"] not in DONE), None)
+            return _diagnose_active(name, entry, run, now=now, live=live)
+    return _diagnose_idle(onboarding, steps, run, now=now, live=live)
+
+
+def _diagnose_active(name: str, entry: dict, run, *, now, live: Liveness) -> Problem | None:
+    since = _since(entry)
+    age = (now - since).total_seconds() if since else float("inf")
+    running = entry["status"] == StepStatus.RUNNING
+    verb = "running" if running else "waiting for a retry"
+    if age >= settings.SWEEP_STEP_DEADLINE:
+        # The backstop: a live worker hung past every time limit (or one no liveness evidence exposed).
         return Problem(
-            "stalled", first, f"no step in flight and no progress for {idle:.0f} s (its next message was lost)"
+            "stuck",
+            name,
+            f"{name} has been {verb} for {age:.0f} s (attempt {entry['attempts']}; deadline "
+            f"{settings.SWEEP_STEP_DEADLINE} s)",
+        )
+    if not live.known or step_lease_key(run.id, name) in live.held:
+        return None  # a live session is executing it
+    if running and age >= settings.SWEEP_LIVENESS_GRACE:
+        # The lease is taken before the attempt is recorded and released after its end is: a running attempt whose
+        # lease no session holds has lost its worker (killed, or cut off and its session ended).
+        return Problem(
+            "dead",
+            name,
+            f"{name} has been running for {age:.0f} s (attempt {entry['attempts']}) and no live worker holds it",
+        )
+    if not running and age >= settings.STEP_RETRY_BACKOFF_MAX + settings.SWEEP_LIVENESS_GRACE:
+        lost = _message_lost(since, now=now, live=live)
+        if lost:
+            return Problem("lost", name, f"{name} has been waiting for a retry for {age:.0f} s; {lost}")
+    return None
+
+
+def _message_lost(handoff: dt.datetime, *, now, live: Liveness) -> str | None:
+    """Why the message sent at ``handoff`` is lost, or None while it may still be on its way."""
+    if live.delivered_before is not None and handoff < live.delivered_before:
+        return "messages sent after its own have been taken by workers (its worker died, or the broker lost it)"
+    idle = (now - max(handoff, live.last_begin or handoff)).total_seconds()
+    if not live.busy and idle >= settings.SWEEP_IDLE_GRACE:
+        return f"no worker has begun a step for {idle:.0f} s and none is executing one"
+    return None
+
+
+def _diagnose_idle(onboarding, steps: dict, run, *, now, live: Liveness) -> Problem | None:
+    flow = run_flow(steps, run)
+    if flow.waiting is None or step_lease_key(run.id, flow.waiting) in live.held:
+        return None  # every step done (the last write ends the run), or a worker is taking the next one right now
+    idle = (now - max(onboarding.updated_at, flow.handoff)).total_seconds()
+    if idle >= settings.SWEEP_STALL_DEADLINE:
+        return Problem(
+            "stalled", flow.waiting, f"no step in flight and no progress for {idle:.0f} s (its next message was lost)"
+        )
+    lost = live.known and _message_lost(flow.handoff, now=now, live=live)
+    if lost and idle >= _idle_backoff(onboarding, run, lost):
+        return Problem(
+            "lost", flow.waiting, f"{flow.waiting} has not begun {idle:.0f} s after the chain moved on: {lost}"
         )
     return None
+
+
+def _idle_backoff(onboarding, run, reason: str) -> float:
+    """With no worker consuming at all (every worker down), resuming cannot help: each resume the sweeper already
+    made from the same step in a row doubles the wait, up to the stall deadline. FIFO evidence acts at once."""
+    if not reason.startswith("no worker"):
+        return 0.0
+    recent = ProvisioningRun.objects.filter(onboarding_id=onboarding.pk).order_by("-created_at")
+    in_a_row = 0
+    for requested_by, start_index in recent.values_list("requested_by", "start_index")[:10]:
+        if requested_by != SWEEPER or start_index != run.start_index:
+            break
+        in_a_row += 1
+    return min(settings.SWEEP_IDLE_GRACE * 2**in_a_row, settings.SWEEP_STALL_DEADLINE)
 
 
 def _interrupted_in_a_row(onboarding_id, step: str) -> int:
@@ -123,29 +292,52 @@ def _interrupted_in_a_row(onboarding_id, step: str) -> int:
     return (lines.filter(created_at__gte=since) if since else lines).count()
 
 
+def active_runs():
+    """(onboarding, run) of every onboarding with a run in charge: two queries, served by the partial index on the
+    active rows whatever the number of tenants."""
+    # Only what a diagnosis reads: building a thousand full rows (and their tenants) would cost more than the queries.
+    # The tenant's slug is read only for an onboarding the sweeper acts on.
+    active = Onboarding.objects.filter(run_id__isnull=False).order_by("id")
+    onboardings = list(active.only("id", "tenant_id", "run_id", "provisioning_steps", "updated_at"))
+    runs = ProvisioningRun.objects.only("id", "outcome", "start_index", "created_at", "enqueued_at").in_bulk(
+        [ob.run_id for ob in onboardings]
+    )
+    return [(ob, runs[ob.run_id]) for ob in onboardings if ob.run_id in runs]
+
+
 def sweep(*, now: dt.datetime | None = None) -> list[SweepAction]:
     """One pass over every onboarding with a run in charge. Returns what it did (and what it left alone)."""
+    now = now or timezone.now()
+    pairs = active_runs()
+    live = liveness(pairs, now=now)
     actions = []
-    for onboarding in Onboarding.objects.filter(run_id__isnull=False).select_related("tenant").order_by("id"):
-        action = sweep_onboarding(onboarding, now=now)
+    for onboarding, run in pairs:
+        action = sweep_onboarding(onboarding, run=run, now=now, live=live)
         if action:
             actions.append(action)
     return actions
 
 
-def sweep_onboarding(onboarding: Onboarding, *, now: dt.datetime | None = None) -> SweepAction | None:
+def sweep_onboarding(
+    onboarding: Onboarding,
+    *,
+    run: ProvisioningRun | None = None,
+    now: dt.datetime | None = None,
+    live: Liveness | None = None,
+) -> SweepAction | None:
     now = now or timezone.now()
-    run = ProvisioningRun.objects.filter(pk=onboarding.run_id).first()
+    run = run or ProvisioningRun.objects.filter(pk=onboarding.run_id).first()
     if run is None:
         return None
-    problem = diagnose(onboarding, run, now=now)
+    problem = diagnose(onboarding, run, now=now, live=live)
     if problem is None:
         return None
+    live = live or liveness([(onboarding, run)], now=now)
     slug = onboarding.tenant.slug
     stuck_entry = normalised(onboarding.provisioning_steps).get(problem.step or "", {})
     if problem.kind == "stuck" and stuck_entry.get("status") == StepStatus.RUNNING:
         # Outside the write: a session-level probe of the step's lease, held by whoever runs the step.
-        if not step_lease_free(run.id, problem.step):
+        if live.with_probe(run.id, problem.step).held & {step_lease_key(run.id, problem.step)}:
             return SweepAction(
                 slug, "left", problem.kind, f"{problem.detail}; its lease is still held by a live session"
             )
@@ -153,7 +345,7 @@ def sweep_onboarding(onboarding: Onboarding, *, now: dt.datetime | None = None) 
     # marked. A lost message (never enqueued, stalled, a retry that never came) is always resumed: doing so is safe,
     # and a false alarm under a long queue only costs a message that fencing discards.
     mark = (
-        problem.kind == "stuck"
+        problem.kind in ("stuck", "dead")
         and stuck_entry.get("status") == StepStatus.RUNNING
         and _interrupted_in_a_row(onboarding.pk, problem.step) >= settings.SWEEP_MAX_RESUMES
     )
@@ -162,7 +354,11 @@ def sweep_onboarding(onboarding: Onboarding, *, now: dt.datetime | None = None) 
     def change(ob, steps):
         # The claim: the one writer locked the row and checked that the run is still in charge; the problem must
         # still be there on the locked row, or someone else (a worker, another sweeper) got there first.
-        again = diagnose(ob, ProvisioningRun.objects.get(pk=run.pk), now=now)
+        # Its lease is probed again under the row lock: a worker that took it since the pass began cannot record
+        # its attempt before this write ends, and then finds its run superseded.
+        again = diagnose(
+            ob, ProvisioningRun.objects.get(pk=run.pk), now=now, live=live.with_probe(run.id, problem.step)
+        )
         if again is None or (again.kind, again.step) != (problem.kind, problem.step):
             raise _Moved()
         entry = steps.get(problem.step) if problem.step else None

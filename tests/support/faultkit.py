@@ -1,5 +1,6 @@
-"""Tools of the fault tests: a private Redis, killing pool children, and the checks that every fault test ends with
-(a true end state, attempts that add up with the log, exactly one of each resource in the engine)."""
+"""Tools of the fault tests: the broker of a fault test (a private Redis, or the RabbitMQ the session was given),
+killing pool children, watching steps that stand running without a live worker, and the checks that every fault test
+ends with (a true end state, attempts that add up with the log, exactly one of each resource in the engine)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from django.db import connection
+from django.utils.dateparse import parse_datetime
 
 from celery_app import app as celery_app
 from provisioning.models import Onboarding, OnboardingStatus, SandboxDocument, StepLog
@@ -74,6 +76,56 @@ class RedisServer:
     def close(self):
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SessionBroker:
+    """The RabbitMQ the test session was given (``CELERY_BROKER_URL=amqp://…``, a vhost of its own): queues are
+    unique per test, so nothing mixes. It cannot be restarted by a test (it is the machine's)."""
+
+    kind = "rabbitmq"
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def close(self):
+        pass
+
+
+def fault_broker():
+    """The broker a fault test's workers use: RabbitMQ when the session runs on it, else a private Redis (never the
+    machine's shared Redis, so that a test may restart it)."""
+    from django.conf import settings
+
+    if settings.CELERY_BROKER_URL.startswith(("amqp://", "pyamqp://")):
+        return SessionBroker(settings.CELERY_BROKER_URL)
+    server = RedisServer().start()
+    server.kind = "redis"
+    return server
+
+
+def recovery_bound(kind: str) -> float:
+    """How soon every tenant must move again after a worker is lost: RabbitMQ hands a dead consumer's messages back
+    at once; on Redis only the sweeper's liveness evidence does."""
+    return 30.0 if kind == "rabbitmq" else 60.0
+
+
+def began_since(onboarding_id, since) -> bool:
+    """The onboarding is at an end state, or one of its steps began after ``since`` (an aware datetime)."""
+    onboarding = Onboarding.objects.get(pk=onboarding_id)
+    if onboarding.status in END_STATES:
+        return True
+    stamps = [e["started_at"] for e in normalised(onboarding.provisioning_steps).values() if e["started_at"]]
+    return any(parse_datetime(stamp) > since for stamp in stamps)
+
+
+def wait_moving(onboarding_ids, since, *, timeout: float):
+    """Wait until every onboarding moved again (a step began) after ``since``, or reached an end state."""
+    return wait_for(
+        lambda: all(began_since(pk, since) for pk in onboarding_ids),
+        timeout=timeout,
+        interval=0.5,
+        message="every tenant moving again",
+    )
 
 
 @contextlib.contextmanager
@@ -217,3 +269,47 @@ def confirmed_by_engine(onboarding) -> list[str]:
             if look.changes:
                 wrong.append(f"{name}: " + "; ".join(c.describe() for c in look.changes))
     return wrong
+
+
+class DeadStepWatch:
+    """Polls, every half second, for steps shown running whose lease no live session holds (the sweeper's own
+    evidence), and keeps the longest time any one attempt stood so: how long the status lied."""
+
+    def __init__(self):
+        import threading
+
+        self.longest = 0.0
+        self._seen: dict = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self):
+        from provisioning.recovery import active_runs, held_lease_keys
+        from provisioning.services import step_lease_key
+
+        try:
+            while not self._stop.wait(0.5):
+                now = time.monotonic()
+                pairs = active_runs()
+                held = held_lease_keys()
+                dead = set()
+                for onboarding, run in pairs:
+                    for name, entry in normalised(onboarding.provisioning_steps).items():
+                        if entry["status"] == "running" and step_lease_key(run.id, name) not in held:
+                            dead.add((onboarding.pk, run.id, name, entry["attempts"]))
+                for key in dead:
+                    self._seen.setdefault(key, now)
+                for key in list(self._seen):
+                    self.longest = max(self.longest, now - self._seen[key])
+                    if key not in dead:
+                        del self._seen[key]
+        finally:
+            connection.close()

@@ -100,6 +100,11 @@ class WorkerProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
 
+    def terminate(self):
+        """SIGTERM to the main process only, as a container stop or a deploy sends it (a warm shutdown)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
     def kill(self):
         """SIGKILL the whole worker (main process and pool children)."""
         if self.proc and self.proc.poll() is None:
@@ -119,3 +124,41 @@ def wait_for_status(onboarding, statuses, timeout: float = 60):
     raise AssertionError(
         f"onboarding stayed {onboarding.status} (wanted {statuses}) for {timeout} s: {onboarding.provisioning_steps}"
     )
+
+
+class BeatProcess:
+    """A real ``celery beat`` process with the production schedule (the sweeper every ``MORAN_SWEEP_INTERVAL``
+    seconds), sending to the test's queue."""
+
+    def __init__(self, queue: str, *, env: dict | None = None, log_path: Path | None = None):
+        self.queue = queue
+        self.worker = WorkerProcess(queue, env=env)
+        self.log_path = log_path or ROOT / "var" / "test-logs" / f"beat-{queue}.log"
+        self.proc: subprocess.Popen | None = None
+        self.dir: str | None = None
+
+    def start(self):
+        import tempfile
+
+        self.dir = tempfile.mkdtemp(prefix="moran-beat-")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "celery_app", "beat", "--loglevel", "INFO"]
+            + ["--schedule", f"{self.dir}/schedule"],
+            cwd=ROOT,
+            env=self.worker.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def kill(self):
+        import shutil
+
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)

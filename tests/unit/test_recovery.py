@@ -221,17 +221,17 @@ def test_it_sends_again_a_run_that_never_reached_the_broker(settings, monkeypatc
     assert_attempts_add_up(tenant.onboarding)
 
 
-def test_it_resumes_a_stalled_run(lost_broker, settings, eager):
-    # given a run whose step 5 completed and whose next message was lost with the broker
+def test_it_resumes_a_run_whose_next_message_was_lost(lost_broker, settings, eager):
+    # given a run whose step 5 completed and whose next message was lost with the broker (no worker begins anything)
     tenant = make_tenant()
     onboarding_start(onboarding=tenant.onboarding)
     run_steps(tenant.onboarding, 6)
     lost_broker["lose"] = False
-    assert sweep(now=later(settings.SWEEP_STALL_DEADLINE - 5)) == []
+    assert sweep(now=later(settings.SWEEP_IDLE_GRACE - 3)) == []
     # when
-    actions = sweep(now=later(settings.SWEEP_STALL_DEADLINE + 1))
+    actions = sweep(now=later(settings.SWEEP_IDLE_GRACE + 1))
     # then
-    assert [(a.action, a.problem) for a in actions] == [("resumed", "stalled")]
+    assert [(a.action, a.problem) for a in actions] == [("resumed", "lost")]
     tenant.onboarding.refresh_from_db()
     assert tenant.onboarding.status == OnboardingStatus.COMPLETED
     assert ProvisioningRun.objects.filter(onboarding=tenant.onboarding).first().start_index == 6
@@ -257,16 +257,16 @@ def test_a_late_task_of_a_superseded_run_changes_nothing(stuck, settings, lost_b
 
 
 def test_the_command_says_what_it_did(stuck, settings, capsys):
-    # given a step past its deadline (a zero deadline stands for the time passing)
-    settings.SWEEP_STEP_DEADLINE = 0
+    # given a step whose worker died (a zero liveness grace stands for the seconds passing)
+    settings.SWEEP_LIVENESS_GRACE = 0
     # when
     call_command("sweep_provisioning", "--dry-run")
     dry = capsys.readouterr().out
     call_command("sweep_provisioning")
     out = capsys.readouterr().out
     # then
-    assert "stuck" in dry and "nothing changed" in dry
-    assert f"{stuck.slug}: resumed (stuck)" in out and "done: 1 resumed" in out
+    assert "dead" in dry and "nothing changed" in dry
+    assert f"{stuck.slug}: resumed (dead)" in out and "done: 1 resumed" in out
 
 
 def test_it_does_not_send_again_a_run_that_began_without_enqueued_at(lost_broker, settings):

@@ -12,7 +12,7 @@ def test_the_beat_schedule_runs_the_sweep_task():
     assert "provisioning.sweep" in app.tasks
     entry = beat_schedule(set(app.tasks))["provisioning.sweep"]
     assert entry["task"] == "provisioning.sweep"
-    assert entry["schedule"] == float(django_settings.SWEEP_INTERVAL) == 60.0
+    assert entry["schedule"] == float(django_settings.SWEEP_INTERVAL) == 5.0
 
 
 @pytest.mark.django_db
@@ -28,3 +28,12 @@ def test_it_warns_when_the_visibility_timeout_is_shorter_than_a_step(settings):
     assert [e.id for e in check_redelivery_settings(None)] == ["moran.W003"]
     settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
     assert check_redelivery_settings(None) == []
+
+
+def test_the_sweeper_goes_to_a_queue_of_its_own(settings):
+    # given the default: a queue of its own, beside the provisioning queue
+    assert settings.SWEEP_QUEUE == f"{settings.PROVISIONING_QUEUE}.sweeper"
+    # when / then beat sends the sweep there; with none named, to the default (provisioning) queue
+    assert beat_schedule({"provisioning.sweep"})["provisioning.sweep"]["options"]["queue"] == settings.SWEEP_QUEUE
+    settings.SWEEP_QUEUE = ""
+    assert "queue" not in beat_schedule({"provisioning.sweep"})["provisioning.sweep"]["options"]

@@ -4,12 +4,15 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
-from provisioning.models import Onboarding, ProvisioningRun
-from provisioning.recovery import diagnose, sweep
+from provisioning.models import Onboarding
+from provisioning.recovery import active_runs, diagnose, liveness, sweep
 
 
 class Command(BaseCommand):
-    help = "Find runs stuck past their deadline or never enqueued, and resume or mark them (one pass)."
+    help = (
+        "Find runs whose worker is gone, whose next message was lost or that never reached the broker, and resume "
+        "or mark them (one pass)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--dry-run", action="store_true", help="only say what is wrong; change nothing")
@@ -17,16 +20,17 @@ class Command(BaseCommand):
     def handle(self, *args, dry_run=False, **options):
         active = Onboarding.objects.filter(run_id__isnull=False).select_related("tenant").order_by("id")
         self.stdout.write(
-            f"sweeping {active.count()} onboarding(s) with a run in charge (step deadline "
+            f"sweeping {active.count()} onboarding(s) with a run in charge (liveness grace "
+            f"{settings.SWEEP_LIVENESS_GRACE} s, idle grace {settings.SWEEP_IDLE_GRACE} s, step deadline "
             f"{settings.SWEEP_STEP_DEADLINE} s, stall deadline {settings.SWEEP_STALL_DEADLINE} s, enqueue grace "
             f"{settings.SWEEP_ENQUEUE_GRACE} s)"
         )
         if dry_run:
             now, found = timezone.now(), 0
-            runs = ProvisioningRun.objects.in_bulk([ob.run_id for ob in active])
-            for onboarding in active:
-                run = runs.get(onboarding.run_id)
-                problem = run and diagnose(onboarding, run, now=now)
+            pairs = active_runs()
+            live = liveness(pairs, now=now)
+            for onboarding, run in pairs:
+                problem = diagnose(onboarding, run, now=now, live=live)
                 if problem:
                     found += 1
                     self.stdout.write(f"{onboarding.tenant.slug}: {problem.kind}: {problem.detail}")
