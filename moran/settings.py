@@ -177,6 +177,8 @@ SWEEP_INTERVAL = env.int("MORAN_SWEEP_INTERVAL", default=60)
 # --- Provisioning ---------------------------------------------------------------------------------------------
 # The engine connection a tenant gets when none is named.
 DEFAULT_ENGINE = env.str("MORAN_DEFAULT_ENGINE", default="sandbox")
+# The null engine provisions nothing (benchmarks measure Moran's own cost with it); off unless a benchmark sets it.
+NULL_ENGINE_ALLOWED = env.bool("MORAN_NULL_ENGINE", default=False)
 
 
 # === Operations: Celery for this workload, beat, notifications, health, metrics, logging ============

@@ -46,6 +46,12 @@ class EngineConnectionForm(forms.ModelForm):
         # Listed, not excluded: a field added to the model later must not appear here by accident. Never api_secret.
         fields = ["name", "kind", "base_url", "api_key", "verify_tls", "connect_timeout", "read_timeout"]
 
+    def clean_kind(self):
+        kind = self.cleaned_data.get("kind")
+        if kind == EngineConnection.Kind.NULL and not settings.NULL_ENGINE_ALLOWED:
+            raise forms.ValidationError("The null engine provisions nothing: it is for benchmarks only.")
+        return kind
+
     def clean(self):
         cleaned = super().clean()
         if cleaned.get("new_api_secret") and cleaned.get("clear_api_secret"):

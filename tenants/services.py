@@ -84,6 +84,9 @@ def tenant_create(
         webhook_url=(webhook_url or "").strip() or None,
     )
     tenant_validate(tenant)
+    if tenant.engine.kind == EngineConnection.Kind.NULL and not settings.NULL_ENGINE_ALLOWED:
+        message = f"Engine '{tenant.engine.name}' is a null engine: it provisions nothing (benchmarks only)"
+        raise InvalidInput(message, fields={"engine": [message]})
     try:
         with transaction.atomic():
             tenant.save()
