@@ -20,6 +20,7 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from moran.errors import DomainError, InvalidInput
+from moran.paging import KeysFirstPaginator
 from provisioning.admin import progress_bar, status_badge
 from provisioning.models import Onboarding, ProvisioningRun, StepLog
 from provisioning.services import onboarding_start
@@ -209,7 +210,19 @@ class TenantAdmin(admin.ModelAdmin):
     list_filter = ["status", "engine", "onboarding__status"]
     search_fields = ["name", "slug", "company_name"]
     list_select_related = ["engine", "onboarding"]
-    ordering = ["-created_at"]
+    # Newest first, read off the (created_at, id) index; a deep page walks it for its keys only.
+    ordering = ["-created_at", "-id"]
+    paginator = KeysFirstPaginator
+
+    def get_queryset(self, request):
+        # The pages show the onboarding's status and progress, never its step states: leave that JSON unread. (A
+        # queryset that selects related rows already is not given list_select_related: name them all here.)
+        return (
+            super()
+            .get_queryset(request)
+            .select_related(*self.list_select_related)
+            .defer("onboarding__provisioning_steps")
+        )
 
     def has_delete_permission(self, request, obj=None):
         # Not while a run is in charge: its next step would find no onboarding. (Deleting a tenant removes nothing

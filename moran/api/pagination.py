@@ -1,8 +1,13 @@
 from rest_framework.pagination import PageNumberPagination
 
+from moran.paging import KeysFirstPaginator
+
 
 class Pagination(PageNumberPagination):
     """``?page=N&page_size=M``; the body is ``{count, next, previous, results}``."""
+
+    # A deep page walks the ordering's index for its keys, then reads only its own rows.
+    django_paginator_class = KeysFirstPaginator
 
     page_size = 50
     page_size_query_param = "page_size"
