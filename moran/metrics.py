@@ -197,7 +197,11 @@ def _durations_from_log_lines() -> list[tuple]:
     )
     with connection.cursor() as cursor:
         cursor.execute(sql)
-        return cursor.fetchall()
+        # PostgreSQL's EXTRACT gives numerics (Decimal); the histogram wants floats and ints.
+        return [
+            (step, int(n), float(total or 0), *(int(c or 0) for c in cumulative))
+            for step, n, total, *cumulative in cursor.fetchall()
+        ]
 
 
 registry = CollectorRegistry(auto_describe=False)
