@@ -94,7 +94,6 @@ def seed(args) -> None:
     from django.db import connection, transaction
 
     from provisioning.models import Onboarding, ProvisioningRun
-    from provisioning.state import derive
     from tenants.models import Tenant
     from tenants.services import engine_get
 
@@ -104,48 +103,11 @@ def seed(args) -> None:
     n, active = args.tenants, min(args.active, args.tenants)
     kinds = ["active"] * active + ["partial"] * (n // 10) + ["completed"] * max(0, n - active - n // 10)
     random.Random(7).shuffle(kinds)
-    tenants, onboardings, runs = [], [], []
-    for i in range(n):
-        a, b = WORDS[i % len(WORDS)], WORDS[(i * 7 + 3) % len(WORDS)]
-        tenants.append(
-            Tenant(
-                slug=f"t{i:05d}-{a}",
-                name=f"{a.title()} {b.title()} {i:05d}",
-                company_name=f"{b.title()} {a.title()} {i:05d} Ltd",
-                abbr=f"A{i:05d}",
-                currency="EUR",
-                country="Germany",
-                admin_email=f"admin{i}@{a}.example",
-                engine=engine,
-            )
-        )
+    tenants = [seed_tenant(i, engine) for i in range(n)]
     with transaction.atomic():
         Tenant.objects.bulk_create(tenants, batch_size=2000)
-        for tenant, kind in zip(tenants, kinds, strict=True):
-            run = ProvisioningRun(
-                id=uuid.uuid4(),
-                onboarding=None,
-                kind="start",
-                outcome={"active": "active", "partial": "stopped", "completed": "completed"}[kind],
-                enqueued_at=now,
-                finished_at=None if kind == "active" else now,
-            )
-            steps = steps_for(kind, now, str(run.id))
-            derived = derive(steps, run_active=kind == "active", previous_status="PENDING")
-            onboardings.append(
-                Onboarding(
-                    tenant=tenant,
-                    status=derived.status,
-                    current_step=derived.current_step,
-                    run_id=run.id if kind == "active" else None,
-                    provisioning_steps=steps,
-                    steps_completed=derived.steps_completed,
-                    progress=derived.progress,
-                    started_at=now,
-                    finished_at=None if kind == "active" else now,
-                )
-            )
-            runs.append(run)
+        pairs = [seed_onboarding(tenant, kind, now) for tenant, kind in zip(tenants, kinds, strict=True)]
+        onboardings, runs = [o for o, _ in pairs], [r for _, r in pairs]
         Onboarding.objects.bulk_create(onboardings, batch_size=2000)
         for run, onboarding in zip(runs, onboardings, strict=True):
             run.onboarding = onboarding
@@ -155,6 +117,50 @@ def seed(args) -> None:
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE")
     print(f"seeded {n} tenants, {n * args.lines_per_tenant} log lines in {time.perf_counter() - began:.1f} s")
+
+
+def seed_tenant(i: int, engine):
+    from tenants.models import Tenant
+
+    a, b = WORDS[i % len(WORDS)], WORDS[(i * 7 + 3) % len(WORDS)]
+    return Tenant(
+        slug=f"t{i:05d}-{a}",
+        name=f"{a.title()} {b.title()} {i:05d}",
+        company_name=f"{b.title()} {a.title()} {i:05d} Ltd",
+        abbr=f"A{i:05d}",
+        currency="EUR",
+        country="Germany",
+        admin_email=f"admin{i}@{a}.example",
+        engine=engine,
+    )
+
+
+def seed_onboarding(tenant, kind: str, now: dt.datetime):
+    """An onboarding as the writer leaves it (derived fields included) and its run (linked once both are saved)."""
+    from provisioning.models import Onboarding, ProvisioningRun
+    from provisioning.state import derive
+
+    run = ProvisioningRun(
+        id=uuid.uuid4(),
+        kind="start",
+        outcome={"active": "active", "partial": "stopped", "completed": "completed"}[kind],
+        enqueued_at=now,
+        finished_at=None if kind == "active" else now,
+    )
+    steps = steps_for(kind, now, str(run.id))
+    derived = derive(steps, run_active=kind == "active", previous_status="PENDING")
+    onboarding = Onboarding(
+        tenant=tenant,
+        status=derived.status,
+        current_step=derived.current_step,
+        run_id=run.id if kind == "active" else None,
+        provisioning_steps=steps,
+        steps_completed=derived.steps_completed,
+        progress=derived.progress,
+        started_at=now,
+        finished_at=None if kind == "active" else now,
+    )
+    return onboarding, run
 
 
 def copy_log_lines(onboardings, runs, *, per_tenant: int, now: dt.datetime) -> None:
@@ -265,45 +271,53 @@ def clients():
 
 
 def run_reads(args) -> None:
-    from django.contrib import admin
-
     from provisioning.models import Onboarding, StepLog
     from provisioning.recovery import sweep
     from tenants.models import Tenant
 
     api, auth, web = clients()
+    n = Tenant.objects.count()
+    active = Onboarding.objects.exclude(run_id=None).count()
+    print(f"\n{n} tenants, {StepLog.objects.count()} log lines, {active} runs in flight")
+    api_reads(api, auth, n=n, repeat=args.repeat)
+    admin_reads(web, repeat=args.repeat)
+    measure("metrics GET /metrics", get(api, "/metrics"), repeat=max(5, args.repeat // 3))
+    acted = sweep()
+    measure(f"sweeper one pass (in-process; acted on {len(acted)})", sweep, repeat=max(5, args.repeat // 3))
+
+
+def api_reads(api, auth, *, n: int, repeat: int) -> None:
+    from tenants.models import Tenant
+
     rng = random.Random(11)
     slugs = list(Tenant.objects.order_by("?").values_list("slug", flat=True)[:200])
-    pick = lambda: rng.choice(slugs)  # noqa: E731
-    r = args.repeat
-    n = Tenant.objects.count()
-    print(
-        f"\n{n} tenants, {StepLog.objects.count()} log lines, {Onboarding.objects.exclude(run_id=None).count()} runs in flight"
-    )
-    measure(
-        "status  GET /api/provisioning/tenants/<t>/status",
-        lambda: get(api, f"/api/provisioning/tenants/{pick()}/status", **auth)(),
-        repeat=r,
-    )
-    measure(
-        "logs    GET /api/provisioning/tenants/<t>/logs",
-        lambda: get(api, f"/api/provisioning/tenants/{pick()}/logs", **auth)(),
-        repeat=r,
-    )
+    for read in ("status", "logs"):
+        measure(
+            f"{read:<7} GET /api/provisioning/tenants/<t>/{read}",
+            lambda read=read: get(api, f"/api/provisioning/tenants/{rng.choice(slugs)}/{read}", **auth)(),
+            repeat=repeat,
+        )
     for size in (50, 200):
         deep = max(1, n // size - 1)
-        measure(
-            f"tenants GET /api/tenants page 1, page_size {size}",
-            get(api, f"/api/tenants?page_size={size}", **auth),
-            repeat=r,
-        )
+        url = f"/api/tenants?page_size={size}"
+        measure(f"tenants GET /api/tenants page 1, page_size {size}", get(api, url, **auth), repeat=repeat)
         measure(
             f"tenants GET /api/tenants page {deep}, page_size {size}",
-            get(api, f"/api/tenants?page_size={size}&page={deep}", **auth),
-            repeat=r,
+            get(api, f"{url}&page={deep}", **auth),
+            repeat=repeat,
         )
     for term in ("kestrel", "t04321", "Ltd", "A01234"):
-        measure(f"search  GET /api/tenants?search={term}", get(api, f"/api/tenants?search={term}", **auth), repeat=r)
+        measure(
+            f"search  GET /api/tenants?search={term}", get(api, f"/api/tenants?search={term}", **auth), repeat=repeat
+        )
+
+
+def admin_reads(web, *, repeat: int) -> None:
+    from django.contrib import admin
+
+    from provisioning.models import Onboarding, StepLog
+    from tenants.models import Tenant
+
     lists = (
         ("onboarding", Onboarding, "/admin/provisioning/onboarding/"),
         ("tenants", Tenant, "/admin/tenants/tenant/"),
@@ -314,20 +328,15 @@ def run_reads(args) -> None:
         original = model_admin.list_per_page
         for size in (original, original * 2):
             model_admin.list_per_page = size
-            total = model.objects.count()
-            deep = max(1, total // size - 1)
-            measure(f"admin   {name} page 1 ({size} a page)", get(web, url), repeat=r)
-            measure(f"admin   {name} page {deep} ({size} a page)", get(web, f"{url}?p={deep}"), repeat=r)
+            deep = max(1, model.objects.count() // size - 1)
+            measure(f"admin   {name} page 1 ({size} a page)", get(web, url), repeat=repeat)
+            measure(f"admin   {name} page {deep} ({size} a page)", get(web, f"{url}?p={deep}"), repeat=repeat)
         model_admin.list_per_page = original
-    measure(
-        "admin   step logs filtered by step", get(web, "/admin/provisioning/steplog/?step=step_6_master_data"), repeat=r
-    )
-    measure("admin   step logs filtered by level", get(web, "/admin/provisioning/steplog/?level=warning"), repeat=r)
-    measure("admin   onboarding search", get(web, "/admin/provisioning/onboarding/?q=kestrel"), repeat=r)
-    measure("admin   tenants search", get(web, "/admin/tenants/tenant/?q=t04321"), repeat=r)
-    measure("metrics GET /metrics", get(api, "/metrics"), repeat=max(5, r // 3))
-    acted = sweep()
-    measure(f"sweeper one pass (in-process; acted on {len(acted)})", sweep, repeat=max(5, r // 3))
+    steplogs = "/admin/provisioning/steplog/"
+    measure("admin   step logs filtered by step", get(web, f"{steplogs}?step=step_6_master_data"), repeat=repeat)
+    measure("admin   step logs filtered by level", get(web, f"{steplogs}?level=warning"), repeat=repeat)
+    measure("admin   onboarding search", get(web, "/admin/provisioning/onboarding/?q=kestrel"), repeat=repeat)
+    measure("admin   tenants search", get(web, "/admin/tenants/tenant/?q=t04321"), repeat=repeat)
 
 
 def main(argv=None) -> None:

@@ -36,8 +36,12 @@ class ProvisioningCollector:
     """Reads the provisioning tables on every ``collect()`` (that is, on every scrape)."""
 
     def collect(self):
-        from provisioning.models import Onboarding, OnboardingStatus, ProvisioningRun, RunKind, StepLog
-        from provisioning.steps import STEP_NAMES
+        yield from self._onboardings()
+        yield from self._runs()
+        yield from self._steps()
+
+    def _onboardings(self):
+        from provisioning.models import Onboarding, OnboardingStatus
 
         # Onboardings by status: every status is present, so a status dropping to zero is a 0, not a gap.
         by_status = dict.fromkeys(OnboardingStatus.values, 0)
@@ -54,6 +58,9 @@ class ProvisioningCollector:
         for (name, status), n in sorted(step_state_counts().items()):
             family.add_metric([name, status], n)
         yield family
+
+    def _runs(self):
+        from provisioning.models import ProvisioningRun, RunKind
 
         # Runs started by kind (start / continue / retry), and how the finished ones ended.
         started = dict.fromkeys(RunKind.values, 0)
@@ -76,8 +83,12 @@ class ProvisioningCollector:
         active = ProvisioningRun.objects.filter(outcome=ProvisioningRun.Outcome.ACTIVE).count()
         yield GaugeMetricFamily("moran_provisioning_runs_active", "Runs in charge right now", value=active)
 
+    def _steps(self):
+        from provisioning.models import StepLog
+        from provisioning.steps import STEP_NAMES
+
         # Step attempt errors by step, from the step log's levels: an error line ends an attempt that failed for
-        # good, a warning line one that will be retried (or an optional step skipped).
+        # good, a warning line one that will be retried (or an optional step skipped). Read off the (level, id) index.
         errors = {(name, outcome): 0 for name in STEP_NAMES for outcome in ("failed", "retried_or_skipped")}
         rows = (
             StepLog.objects.filter(attempt__gt=0, level__in=[StepLog.Level.ERROR, StepLog.Level.WARNING])
@@ -97,19 +108,15 @@ class ProvisioningCollector:
         yield family
 
         # Step attempt durations, bucketed by the database: one row per step comes back.
-        buckets = {name: [0] * len(DURATION_BUCKETS) for name in STEP_NAMES}
-        totals = {name: [0, 0.0] for name in STEP_NAMES}
-        for step, count, total, *cumulative in step_duration_rows():
-            buckets[step] = [int(n or 0) for n in cumulative]
-            totals[step] = [int(count), float(total or 0.0)]
         family = HistogramMetricFamily(
             "moran_step_duration_seconds", "Duration of finished step attempts, by step", labels=["step"]
         )
-        for step, step_buckets in buckets.items():
-            count, total = totals.setdefault(step, [0, 0.0])
+        rows = {row[0]: row[1:] for row in step_duration_rows()}
+        for step in dict.fromkeys([*STEP_NAMES, *rows]):
+            count, total, *cumulative = rows.get(step) or (0, 0.0, *[0] * len(DURATION_BUCKETS))
             family.add_metric(
                 [step],
-                buckets=[*((str(b), n) for b, n in zip(DURATION_BUCKETS, step_buckets, strict=True)), ("+Inf", count)],
+                buckets=[*((str(b), n) for b, n in zip(DURATION_BUCKETS, cumulative, strict=True)), ("+Inf", count)],
                 sum_value=total,
             )
         yield family
