@@ -114,6 +114,7 @@ def seed(args) -> None:
         ProvisioningRun.objects.bulk_create(runs, batch_size=2000)
         copy_log_lines(onboardings, runs, per_tenant=args.lines_per_tenant, now=now)
         spread_timestamps(now)
+        seed_attempts()
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE")
     print(f"seeded {n} tenants, {n * args.lines_per_tenant} log lines in {time.perf_counter() - began:.1f} s")
@@ -196,6 +197,28 @@ def copy_log_lines(onboardings, runs, *, per_tenant: int, now: dt.datetime) -> N
     columns = "onboarding_id, run_id, step, attempt, level, message, created_at"
     with connection.cursor() as cursor:
         cursor.cursor.copy_expert(f"COPY {StepLog._meta.db_table} ({columns}) FROM STDIN", buffer)
+
+
+def seed_attempts() -> None:
+    """When attempts are rows (``provisioning.StepAttempt``), one per attempt the log lines tell of, so that
+    ``/metrics`` reads them as it would in life."""
+    from django.apps import apps
+    from django.db import connection
+
+    try:
+        model = apps.get_model("provisioning", "StepAttempt")
+    except LookupError:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {model._meta.db_table} (onboarding_id, run_id, step, number, started_at, finished_at,"  # noqa: S608
+            " outcome, ended_by, error, duration_ms, worker)"
+            " SELECT onboarding_id, run_id, step, attempt, MIN(created_at), MAX(created_at),"
+            " CASE WHEN MAX(level) = 'warning' THEN 'retrying' ELSE 'completed' END, 'worker', NULL,"
+            " (EXTRACT(EPOCH FROM MAX(created_at) - MIN(created_at)) * 1000)::int, 'seeded'"
+            " FROM provisioning_steplog WHERE attempt > 0 AND step <> ''"
+            " GROUP BY onboarding_id, run_id, step, attempt HAVING COUNT(*) >= 2"
+        )
 
 
 def spread_timestamps(now: dt.datetime) -> None:
