@@ -127,6 +127,8 @@ def prepare_environment(args) -> str:
     server = environ.Env.db_url_config(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/moran"))
     if not server["ENGINE"].endswith("postgresql"):
         sys.exit("throughput.py needs PostgreSQL: set DATABASE_URL to a postgres:// URL (its server is used)")
+    if args.database == server["NAME"]:
+        sys.exit(f"--database {args.database} is the database DATABASE_URL names: the benchmark drops it; pick another")
     auth = server["USER"] + (f":{server['PASSWORD']}" if server.get("PASSWORD") else "")
     host = f"{server.get('HOST') or '127.0.0.1'}:{server.get('PORT') or 5432}"
     recreate_database(auth=auth, host=host, name=args.database)
