@@ -16,8 +16,9 @@ COPY requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY . .
-# The admin's static files, collected into the image (WhiteNoise serves them).
-RUN python manage.py collectstatic --noinput --verbosity 0
+# The admin's static files, collected into the image with the production storage (hashed names and a manifest),
+# which WhiteNoise serves.
+RUN MORAN_ENV=production python manage.py collectstatic --noinput --verbosity 0
 
 # Never run as root: a compromised step or receiver URL handler gets an unprivileged user.
 RUN useradd --create-home --uid 10001 moran && mkdir -p /app/var && chown -R moran /app/var

@@ -5,10 +5,14 @@ BIN := $(VENV)/bin
 # The tests run on the local PostgreSQL and Redis unless told otherwise.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/moran
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/0
+# The development server's port (the operators' scripts expect 4000).
+PORT ?= 4000
+# `make dev` runs the real path (PostgreSQL, Redis, a worker and beat) on these unless DATABASE_URL /
+# CELERY_BROKER_URL are set.
+DEV_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/moran
+DEV_BROKER_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install demo test lint serve worker flower migrate up down
-
-.PHONY: install demo test test-faults lint serve worker flower migrate
+.PHONY: install demo test test-faults lint serve console dev worker flower migrate up down
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,7 +46,22 @@ migrate: install
 
 serve: install
 	$(BIN)/python manage.py migrate --verbosity 0
-	$(BIN)/python manage.py runserver 127.0.0.1:4000
+	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
+
+# The admin console on a fresh clone: an operator account, a COMPLETED and a PARTIAL demo tenant, then the server.
+console: install
+	$(BIN)/python manage.py console_demo
+	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
+
+# web, worker and beat (Procfile.dev) on the local PostgreSQL and Redis, in one terminal; Ctrl-C stops them all.
+# honcho reads no env file (--env /dev/null): a .env kept for docker compose (its hosts, production mode) must not
+# override the local URLs.
+dev: install
+	@mkdir -p var
+	DATABASE_URL=$${DATABASE_URL:-$(DEV_DATABASE_URL)} CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(DEV_BROKER_URL)} \
+	  $(BIN)/python manage.py migrate --verbosity 0
+	DATABASE_URL=$${DATABASE_URL:-$(DEV_DATABASE_URL)} CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(DEV_BROKER_URL)} \
+	  MORAN_WEB_PORT=$(PORT) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho --env /dev/null -f Procfile.dev start
 
 worker: install
 	$(BIN)/celery -A celery_app worker -Q provisioning --loglevel INFO

@@ -18,7 +18,11 @@ app.autodiscover_tasks(["provisioning"])
 # --- Operations ---------------------------------------------------------------------------------------
 #: periodic jobs: (task name, setting holding its interval in seconds). An entry is scheduled only once its task is
 #: registered, so beat starts cleanly before the task lands and picks it up when it does.
-PERIODIC_TASKS = (("provisioning.sweep", "SWEEP_INTERVAL"),)
+PERIODIC_TASKS = (
+    ("provisioning.sweep", "SWEEP_INTERVAL"),
+    ("provisioning.batch_advance", "BATCH_ADVANCE_INTERVAL"),
+    ("provisioning.webhook_dispatch", "WEBHOOK_DISPATCH_INTERVAL"),
+)
 
 
 def beat_schedule(registered) -> dict:

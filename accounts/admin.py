@@ -1,10 +1,11 @@
 from django.contrib import admin
 
 from accounts.models import ApiToken
+from moran.admin_lookups import SecretLookupGuard
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(SecretLookupGuard, admin.ModelAdmin):
     """Revoke a token by deleting it. Only a prefix of each token is known here: tokens are stored hashed."""
 
     list_display = ("prefix", "user", "created_at", "expires_at")

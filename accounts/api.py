@@ -8,6 +8,7 @@ from rest_framework.views import APIView
 
 from accounts.services import token_issue, token_revoke
 from accounts.throttles import LoginAddressThrottle, LoginEmailThrottle
+from moran.api.filters import NO_NUL, VISIBLE_TEXT
 from moran.api.schema import error_responses
 
 
@@ -17,8 +18,10 @@ class LoginApi(APIView):
     throttle_classes = [LoginAddressThrottle, LoginEmailThrottle]
 
     class InputSerializer(serializers.Serializer):
-        email = serializers.CharField(max_length=254)
-        password = serializers.CharField(max_length=4096, trim_whitespace=False, style={"input_type": "password"})
+        email = serializers.CharField(max_length=254, validators=[VISIBLE_TEXT])
+        password = serializers.CharField(
+            max_length=4096, trim_whitespace=False, validators=[NO_NUL], style={"input_type": "password"}
+        )
 
     class OutputSerializer(serializers.Serializer):
         access_token = serializers.CharField()

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.contrib.auth import authenticate, get_user_model
 from django.utils import timezone
 
+from accounts.emails import email_canonical, email_is_canonical_form
 from accounts.models import ApiToken
 from moran.errors import InvalidCredentials
 
@@ -27,13 +28,22 @@ def token_hash(token: str) -> str:
 
 
 def user_authenticate_by_email(*, email: str, password: str):
-    """The active user with this email (case-insensitive) and password, or None.
+    """The active user with this email and password, or None.
 
-    Django's default User does not make emails unique, so every active user with the email is tried; the password
-    decides. ``authenticate`` goes through the configured backends (and refuses inactive users)."""
+    The email is compared in its canonical form (``accounts.emails``) on both sides, in Python: the database's
+    case-insensitive match only narrows the candidates, because its folding (locale rules) may equate look-alikes.
+    An address in a non-canonical form (``opſ@…``) is nobody's. Django's default User does not make emails unique,
+    so every matching active user is tried; the password decides. ``authenticate`` goes through the configured
+    backends (and refuses inactive users)."""
     User = get_user_model()
-    email = (email or "").strip()
-    candidates = list(User.objects.filter(email__iexact=email, is_active=True)) if email else []
+    canonical = email_canonical(email)
+    candidates = []
+    if canonical and email_is_canonical_form(email):
+        candidates = [
+            user
+            for user in User.objects.filter(email__iexact=canonical, is_active=True)
+            if email_canonical(user.email) == canonical
+        ]
     for candidate in candidates:
         user = authenticate(username=candidate.get_username(), password=password)
         if user is not None:

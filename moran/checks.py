@@ -3,6 +3,8 @@
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
+from moran.encryption import keys_problem
+
 
 @register(Tags.security, deploy=False)
 def check_production_settings(app_configs, **kwargs):
@@ -86,3 +88,23 @@ def check_redelivery_settings(app_configs, **kwargs):
             id="moran.W003",
         )
     ]
+
+
+# --- Security -------------------------------------------------------------------------------------------------
+@register(Tags.security)
+def check_secret_keys(app_configs, **kwargs):
+    """Engine secrets are encrypted with MORAN_SECRET_KEYS (moran.encryption): production must name its own keys, and
+    every key must be a Fernet key, or the first secret saved or read would fail."""
+    if settings.PRODUCTION and not settings.MORAN_SECRET_KEYS:
+        return [
+            Error(
+                "MORAN_SECRET_KEYS is not set: engine secrets cannot be encrypted.",
+                hint="Set MORAN_SECRET_KEYS to a Fernet key: python -c 'from cryptography.fernet import Fernet; "
+                "print(Fernet.generate_key().decode())' (SECURITY.md: rotating keys).",
+                id="moran.E010",
+            )
+        ]
+    problem = keys_problem(settings.MORAN_SECRET_KEYS)
+    if problem:
+        return [Error(f"{problem}.", hint="Generate keys with Fernet.generate_key().", id="moran.E011")]
+    return []

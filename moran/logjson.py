@@ -1,4 +1,5 @@
-"""Structured logs: a JSON-lines formatter and the context (tenant, run, step) it stamps on every line.
+"""Structured logs: a JSON-lines formatter (python-json-logger) and the context (tenant, run, step) it stamps on every
+line.
 
 A Celery task binds its context once, when it starts (``celery_app`` connects :func:`bind_task` to ``task_prerun``),
 so every line logged while it runs — ours, Django's, the engine client's — carries the tenant's slug, the run id and
@@ -10,9 +11,9 @@ Only the fields named here are written: a stray ``extra`` (or a secret in one) n
 from __future__ import annotations
 
 import contextvars
-import datetime
-import json
 import logging
+
+from pythonjsonlogger import json as jsonlogger
 
 #: the fields a line may carry besides time, level, logger and message
 CONTEXT_FIELDS = ("tenant", "run_id", "step", "onboarding", "attempt", "task_id", "task")
@@ -88,21 +89,30 @@ class PlainFormatter(logging.Formatter):
         return super().format(record)
 
 
-class JsonFormatter(logging.Formatter):
+class JsonFormatter(jsonlogger.JsonFormatter):
     """One JSON object per line: ``ts``, ``level``, ``logger``, ``message``, the context fields, and ``exc`` (the
-    formatted traceback) when there is one."""
+    formatted traceback) when there is one.
 
-    def format(self, record: logging.LogRecord) -> str:
+    python-json-logger turns the record into a dict (the message, the traceback, every ``extra``) and serialises it;
+    :meth:`process_log_record` then keeps only the fields named here, so a stray ``extra`` never reaches the log."""
+
+    def __init__(self):
+        super().__init__(
+            ["levelname", "name", "message"],
+            rename_fields={"levelname": "level", "name": "logger", "exc_info": "exc"},
+            timestamp="ts",
+            json_ensure_ascii=False,
+        )
+
+    def process_log_record(self, log_data: dict) -> dict:
         line = {
-            "ts": datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC).isoformat().replace("+00:00", "Z"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
+            "ts": log_data["ts"].isoformat().replace("+00:00", "Z"),
+            "level": log_data["level"].lower(),
+            "logger": log_data["logger"],
+            "message": log_data["message"],
         }
-        for field in (*CONTEXT_FIELDS, "tenant_id"):
-            value = getattr(record, field, None)
+        for field in (*CONTEXT_FIELDS, "tenant_id", "exc"):
+            value = log_data.get(field)
             if value not in (None, ""):
                 line[field] = value if isinstance(value, int | float | bool) else str(value)
-        if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False)
+        return line

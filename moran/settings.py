@@ -8,6 +8,7 @@ engine, so that a fresh clone can provision a demo tenant with no server install
 turns on the system checks in ``moran.checks`` that refuse a broken production configuration.
 """
 
+import ipaddress
 from pathlib import Path
 
 import environ
@@ -174,6 +175,9 @@ SWEEP_MAX_RESUMES = env.int("MORAN_SWEEP_MAX_RESUMES", default=3)
 SWEEP_INTERVAL = env.int("MORAN_SWEEP_INTERVAL", default=60)
 
 # beat schedules provisioning.sweep every SWEEP_INTERVAL seconds: see celery_app.beat_schedule.
+# Batches advance when one of their runs ends; beat also passes over every unfinished batch this often, in case
+# that message was lost (0 turns the pass off).
+BATCH_ADVANCE_INTERVAL = env.int("MORAN_BATCH_ADVANCE_INTERVAL", default=30)
 
 # --- Provisioning ---------------------------------------------------------------------------------------------
 # The engine connection a tenant gets when none is named.
@@ -221,6 +225,19 @@ WEBHOOK_MAX_RETRIES = env.int("MORAN_WEBHOOK_MAX_RETRIES", default=10)
 # Celery's exponential backoff takes whole seconds: retry n waits up to factor * 2**n, capped, with full jitter.
 WEBHOOK_RETRY_BACKOFF = env.int("MORAN_WEBHOOK_RETRY_BACKOFF", default=5)
 WEBHOOK_RETRY_BACKOFF_MAX = env.int("MORAN_WEBHOOK_RETRY_BACKOFF_MAX", default=600)
+# The outbox: a delivery still pending this long after it was due (its send message lost with a worker or a broker),
+# or whose sender's claim expired, is sent again by provisioning.webhook_dispatch, on beat every DISPATCH_INTERVAL
+# seconds (0 turns it off). The receiver dedupes by Idempotency-Key all the same.
+WEBHOOK_DISPATCH_INTERVAL = env.int("MORAN_WEBHOOK_DISPATCH_INTERVAL", default=30)
+WEBHOOK_DISPATCH_GRACE = env.int("MORAN_WEBHOOK_DISPATCH_GRACE", default=60)
+# Where a webhook may go: https only, to public addresses only (checked when a URL is saved and again, on the resolved
+# address the call connects to, at every try). MORAN_WEBHOOK_ALLOWED_NETWORKS names CIDRs allowed all the same (an
+# in-house receiver on 10.0.0.0/8, say); MORAN_WEBHOOK_ALLOW_HTTP allows plain http.
+WEBHOOK_ALLOW_HTTP = env.bool("MORAN_WEBHOOK_ALLOW_HTTP", default=False)
+# Parsed here so that a mistyped CIDR stops the process at start-up rather than a tenant's save or a send.
+WEBHOOK_ALLOWED_NETWORKS = [
+    str(ipaddress.ip_network(cidr, strict=False)) for cidr in env.list("MORAN_WEBHOOK_ALLOWED_NETWORKS", default=[])
+]
 
 # Health and metrics. /readyz gives each dependency this long before calling it unreachable (a load balancer's probe
 # must not hang); /metrics asks for a bearer token when one is set.
@@ -233,10 +250,20 @@ MIDDLEWARE.insert(
     MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1, "whitenoise.middleware.WhiteNoiseMiddleware"
 )
 STATIC_ROOT = env.path("MORAN_STATIC_ROOT", default=str(STATIC_ROOT))
-# Compressed, not manifest-hashed: a missing manifest would break every page of a checkout that never ran collectstatic.
+if PRODUCTION:
+    # Hashed names from collectstatic's manifest: files cached for ever, and a page never mixes old and new assets.
+    _static_storage = "whitenoise.storage.CompressedManifestStaticFilesStorage"
+else:
+    # Outside production WhiteNoise serves straight from the apps' static folders (the finders), re-reading them on
+    # change, so `make serve` shows a styled admin on a fresh clone with DEBUG off and no collectstatic. runserver's
+    # own static handler (DEBUG only) is switched off so that one code path serves files whatever DEBUG says.
+    _static_storage = "whitenoise.storage.CompressedStaticFilesStorage"
+    WHITENOISE_USE_FINDERS = True
+    WHITENOISE_AUTOREFRESH = True
+    INSTALLED_APPS.insert(INSTALLED_APPS.index("django.contrib.staticfiles"), "whitenoise.runserver_nostatic")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+    "staticfiles": {"BACKEND": _static_storage},
 }
 
 # Behind a TLS-terminating proxy: trust its X-Forwarded-Proto, send cookies only over HTTPS, redirect plain HTTP
@@ -280,7 +307,8 @@ LOGGING = {
 }
 
 # --- The operators' API ---------------------------------------------------------------------------------
-INSTALLED_APPS += ["drf_spectacular", "accounts"]
+# The sidecar ships Swagger UI and ReDoc as static files: the docs page works on a network with no way out.
+INSTALLED_APPS += ["drf_spectacular", "drf_spectacular_sidecar", "accounts"]
 
 # Log-in tokens: an ApiToken row per log-in (hashed; revocable), valid this many seconds.
 MORAN_API_TOKEN_TTL = env.int("MORAN_API_TOKEN_TTL", default=8 * 3600)
@@ -313,6 +341,11 @@ SPECTACULAR_SETTINGS = {
     "SCHEMA_PATH_PREFIX": r"/api/",
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # Swagger UI would otherwise show a badge fetched from validator.swagger.io: the page must call no other host.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "ENUM_NAME_OVERRIDES": {
         "OnboardingStatusEnum": "moran.api.enums.ONBOARDING_STATUSES",
         "StepStatusEnum": "moran.api.enums.STEP_STATUSES",
@@ -334,3 +367,31 @@ CACHES = {
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "moran"}
     )
 }
+
+# --- Security -------------------------------------------------------------------------------------------------
+# Kept in one block so that other changes to this file stay out of its way. SECURITY.md says what each one protects.
+
+# Engine API secrets are stored encrypted (Fernet, moran.encryption). MORAN_SECRET_KEYS: comma-separated Fernet keys;
+# the first encrypts, every one decrypts, so a key is rotated by putting the new one first, running
+# `manage.py rotate_engine_secrets`, then removing the old one. Production without a key does not start (moran.E006).
+MORAN_SECRET_KEYS = env.list("MORAN_SECRET_KEYS", default=[])
+# DEVELOPMENT ONLY: with no key set, one is derived from SECRET_KEY so the embedded default needs no setup. Such a key
+# is only as secret as SECRET_KEY (in development, a published default): never rely on it for real credentials.
+MORAN_SECRET_KEYS_DERIVED = not MORAN_SECRET_KEYS and not PRODUCTION
+if MORAN_SECRET_KEYS_DERIVED:
+    _digest = __import__("hashlib").sha256(f"moran-engine-secrets:{SECRET_KEY}".encode()).digest()
+    MORAN_SECRET_KEYS = [__import__("base64").urlsafe_b64encode(_digest).decode()]
+
+# The log-in throttles count the address of the client, read from X-Forwarded-For only when this many proxies of
+# ours stand in front (each appends one address). 0 = not behind a proxy: the header is the client's to invent and is
+# ignored. (DRF reads None as "trust the whole header", so 0 must stay 0.)
+MORAN_NUM_PROXIES = env.int("MORAN_NUM_PROXIES", default=0)
+REST_FRAMEWORK["NUM_PROXIES"] = MORAN_NUM_PROXIES
+# JSON bodies under /api/ are refused past this many bytes (413), before they are parsed; the API's largest
+# legitimate body (a tenant with its lists) is a few kilobytes.
+MORAN_MAX_JSON_BODY = env.int("MORAN_MAX_JSON_BODY", default=1024 * 1024)
+REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"] = ["moran.api.parsers.StrictJSONParser"]
+# Rotating SECRET_KEY: the old key here (comma-separated) keeps sessions and signed values valid until they expire.
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
+# A refused CSRF check under /api/ answers JSON like every other /api/ error (the admin keeps Django's page).
+CSRF_FAILURE_VIEW = "moran.api.exception_handlers.csrf_failure"

@@ -13,7 +13,7 @@ import json
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponseRedirect, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils import timezone
@@ -327,6 +327,10 @@ class OnboardingAdmin(admin.ModelAdmin):
         return JsonResponse({**onboarding_status(onboarding=onboarding), "version": onboarding.version})
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        # Django's "<path:object_id>/" URL passes any text (".../abc/change/", or ".../abc/status.json" redirected
+        # here): anything but an integer is no onboarding, and must not reach the integer primary key as a 500.
+        if not str(object_id).isdigit():
+            raise Http404("No onboarding has that id")
         onboarding = get_object_or_404(Onboarding.objects.select_related("tenant", "tenant__engine"), pk=object_id)
         status = onboarding_status(onboarding=onboarding)
         in_progress = onboarding.status == OnboardingStatus.IN_PROGRESS
@@ -441,3 +445,6 @@ admin.site.index_title = "Tenants, their provisioning and the engines they live 
 admin.site.register(Onboarding, OnboardingAdmin)
 admin.site.register(ProvisioningRun, ProvisioningRunAdmin)
 admin.site.register(StepLog, StepLogAdmin)
+
+# The pages of the webhook deliveries and of the batches register themselves.
+from provisioning import admin_webhooks, batch_admin  # noqa: E402, F401

@@ -12,11 +12,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.selectors import user_label
+from moran.api.filters import QueryFilterSerializer
 from moran.api.pagination import LogPagination
 from moran.api.permissions import IsOperator
 from moran.api.schema import PAGE_PARAMETERS, TENANT_ID, error_responses, paginated
 from provisioning.models import OnboardingStatus, StepLog, StepStatus
-from provisioning.selectors import onboarding_get, onboarding_logs, onboarding_status
+from provisioning.selectors import log_message_for, onboarding_get, onboarding_logs, onboarding_status
 from provisioning.services import onboarding_cancel, onboarding_continue, onboarding_retry
 from provisioning.steps import STEP_NAMES
 
@@ -78,7 +79,7 @@ class OnboardingStatusApi(APIView):
 class OnboardingLogsApi(APIView):
     permission_classes = [IsAuthenticated]
 
-    class FilterSerializer(serializers.Serializer):
+    class FilterSerializer(QueryFilterSerializer):
         step = serializers.ChoiceField(choices=STEP_NAMES, required=False)
         run = serializers.UUIDField(required=False, help_text="a run id (see run_id in the status)")
 
@@ -106,7 +107,10 @@ class OnboardingLogsApi(APIView):
         )
         paginator = LogPagination()
         page = paginator.paginate_queryset(lines, request, view=self)
-        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
+        rows = self.OutputSerializer(page, many=True).data
+        for row in rows:
+            row["message"] = log_message_for(message=row["message"], viewer=request.user)
+        return paginator.get_paginated_response(rows)
 
 
 class _OnboardingActionApi(APIView):

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator, validate_slug
+from django.db import transaction
 
+from moran.encryption import secret_rotate
 from moran.errors import InvalidInput
 from provisioning.engines import engine_for
 from provisioning.engines.errors import EngineError
@@ -79,3 +81,19 @@ def engine_register(
     created = connection.pk is None
     connection.save()
     return connection, found, created
+
+
+def engine_secrets_rotate() -> tuple[int, int]:
+    """Re-encrypt every stored engine secret under the first key of MORAN_SECRET_KEYS. Returns (re-encrypted, without a
+    secret). Raises SecretUnreadable, changing nothing, when a secret opens with none of the keys: every row is
+    decrypted before any is written, so a half-rotated table never hides the row that failed."""
+    with transaction.atomic():
+        rows = list(EngineConnection.objects.select_for_update().order_by("pk"))
+        rotated = {
+            row.pk: secret_rotate(row.api_secret_encrypted, label=f"API secret of engine '{row.name}'")
+            for row in rows
+            if row.api_secret_encrypted
+        }
+        for pk, token in rotated.items():
+            EngineConnection.objects.filter(pk=pk).update(api_secret_encrypted=token)
+    return len(rotated), len(rows) - len(rotated)

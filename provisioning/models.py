@@ -7,6 +7,7 @@ written by exactly one function, :func:`provisioning.state.step_state_write`; no
 
 import uuid
 
+from django.conf import settings
 from django.db import models
 
 from tenants.models import Tenant
@@ -172,3 +173,61 @@ class SandboxFault(models.Model):
     remaining = models.PositiveIntegerField(default=1)
     latency_ms = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
+
+
+from provisioning.webhooks.models import WebhookAttempt, WebhookDelivery  # noqa: E402, F401  (the outbox's tables)
+
+
+class ProvisioningBatch(models.Model):
+    """Tenants provisioned together, at most ``concurrency`` at once (the engine's own cap applies on top). Counts
+    and progress are derived from the tenants' onboardings when read, never stored: they cannot drift from them.
+
+    ``finished_at`` is set once every tenant was started (or left alone) and none is still in progress; the periodic
+    ``provisioning.batch_advance`` looks at unfinished batches only."""
+
+    class Source(models.TextChoices):
+        CLI = "cli"
+        API = "api"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="provisioning_batches"
+    )
+    requested_by = models.CharField(max_length=150, blank=True, help_text="who asked, as the runs record it")
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.CLI)
+    filename = models.CharField(max_length=255, blank=True)
+    engine = models.ForeignKey("tenants.EngineConnection", on_delete=models.PROTECT, related_name="batches")
+    concurrency = models.PositiveSmallIntegerField(default=4)
+    tenants = models.ManyToManyField(Tenant, through="BatchItem", related_name="batches")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "provisioning batches"
+
+    def __str__(self):
+        return f"batch {str(self.id)[:8]} ({self.created_at:%Y-%m-%d %H:%M})" if self.created_at else "new batch"
+
+
+class BatchItem(models.Model):
+    """One tenant of a batch, with where it came from (the CSV line, or the index in a JSON list) and whether the
+    batch has started it yet. ``started_at`` null = waiting for a free place among the batch's ``concurrency``."""
+
+    class Action(models.TextChoices):
+        CREATE = "create"  # a new tenant: its first run
+        CONTINUE = "continue"  # PARTIAL, FAILED or CANCELLED: continued from its first incomplete step
+        LEAVE = "leave"  # COMPLETED already: no run
+        WAIT = "wait"  # IN_PROGRESS already: waited for, not started again
+
+    batch = models.ForeignKey(ProvisioningBatch, on_delete=models.CASCADE, related_name="items")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="batch_items")
+    line = models.PositiveIntegerField(help_text="CSV line number (header = 1), or 1 + index in a JSON list")
+    action = models.CharField(max_length=8, choices=Action.choices)
+    started_at = models.DateTimeField(null=True, blank=True)
+    run_id = models.UUIDField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["line"]
+        constraints = [models.UniqueConstraint(fields=["batch", "tenant"], name="batch_item_unique_tenant")]
+        indexes = [models.Index(fields=["batch", "started_at"])]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 from django.db.models import QuerySet
 
+from accounts.selectors import user_label
 from moran.errors import NotFound
 from provisioning.models import Onboarding, StepLog
+from provisioning.recovery import SWEEPER
 from provisioning.state import normalised
 from provisioning.steps import STEP_BY_NAME, TOTAL_STEPS
 
@@ -83,3 +87,21 @@ def onboarding_logs(*, onboarding: Onboarding, step: str | None = None, run_id: 
     if run_id:
         qs = qs.filter(run_id=run_id)
     return qs
+
+
+# "<kind> requested by <who>: a new run starts", "run cancelled by <who>" (provisioning.services).
+_REQUESTER = re.compile(r"\b(?P<verb>requested|cancelled) by (?P<who>.+?)(?=: a new run starts$|$)")
+
+
+def log_message_for(*, message: str, viewer) -> str:
+    """A log line as ``viewer`` may read it. Staff read who asked for each run; a tenant's owner reads the role
+    ("an operator") instead of a colleague's email or user name, except their own and the sweeper's."""
+    if viewer.is_staff:
+        return message
+
+    def role(match: re.Match) -> str:
+        who = match["who"]
+        shown = who if who in (SWEEPER, user_label(user=viewer)) else "an operator"
+        return f"{match['verb']} by {shown}"
+
+    return _REQUESTER.sub(role, message)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
+from provisioning.batch_hooks import batch_run_ended
 from provisioning.models import Onboarding, OnboardingStatus, ProvisioningRun, StepLog, StepStatus
 from provisioning.steps import STEP_BY_NAME, STEPS, TOTAL_STEPS
 
@@ -161,6 +162,7 @@ def _onboarding_write(onboarding_id, *, run_id, change, log, log_step, log_level
             from provisioning.notifications import onboarding_run_ended
 
             onboarding_run_ended(onboarding=onboarding, run_id=run_before, status=onboarding.status)
+            batch_run_ended(onboarding=onboarding)
         if callable(log):
             log = log()  # a message that depends on what ``change`` decided
         if log:

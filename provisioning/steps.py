@@ -59,6 +59,10 @@ class TenantSpec:
     cost_centers: tuple[str, ...] = ()
     warehouses: tuple[str, ...] = ()
     admin_roles: tuple[str, ...] = ADMIN_ROLES
+    #: the operator lets step 8 restrict an admin user that existed before Moran and could see every company
+    allow_restricting_existing_admin: bool = False
+    #: Moran created this admin user in this engine (for this tenant or another): restricting it takes nothing away
+    admin_created_by_moran: bool = False
 
     @classmethod
     def from_tenant(cls, tenant) -> TenantSpec:
@@ -71,7 +75,19 @@ class TenantSpec:
             admin_first_name=tenant.admin_first_name or tenant.name,
             cost_centers=tuple(tenant.extra_cost_centers or ()),
             warehouses=tuple(tenant.extra_warehouses or ()),
+            allow_restricting_existing_admin=bool(getattr(tenant, "allow_restricting_existing_admin", False)),
+            admin_created_by_moran=_admin_created_by_moran(tenant),
         )
+
+
+def _admin_created_by_moran(tenant) -> bool:
+    """Whether step 7 of any tenant of this engine created this admin user (its result says so; kept across runs)."""
+    if tenant.pk is None or tenant.engine_id is None:
+        return False
+    return tenant.engine.tenants.filter(
+        admin_email__iexact=tenant.admin_email,
+        onboarding__provisioning_steps__step_7_admin_user__result__created_by_moran=True,
+    ).exists()
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,8 @@ class StepContext:
     today: dt.date = field(default_factory=dt.date.today)
     #: steps whose resources are not expected (an optional step that was skipped); used by finalize and verify.
     skipped: frozenset[str] = frozenset()
+    #: (doctype, name) of the documents this execution created (not found, not created by a concurrent writer)
+    created: set[tuple[str, str]] = field(default_factory=set)
 
 
 class Step:
@@ -121,6 +139,7 @@ class Step:
             if change.op == "create":
                 try:
                     ctx.engine.insert(change.doctype, change.doc)
+                    ctx.created.add((change.doctype, change.name))
                     done.append(f"created {change.doctype} '{change.name}'")
                 except EngineConflictError as exc:
                     if not exc.is_duplicate:
@@ -457,6 +476,9 @@ class AdminUserStep(Step):
             )
         have = {row.get("role") for row in doc.get("roles") or []}
         look = Look(found={"user": doc["name"], "roles": sorted(have)})
+        if spec.admin_created_by_moran or ("User", spec.admin_email) in ctx.created:
+            # Recorded in the step's result: step 8 (of this tenant or another) may restrict a user Moran made.
+            look.found["created_by_moran"] = True
         if wanted - have:
             # A PUT of a child table replaces the whole table: send the roles the user has plus the missing ones.
             look.changes.append(
@@ -488,6 +510,7 @@ class UserPermissionStep(Step):
         )
         applying = [row["name"] for row in rows if int(row.get("apply_to_all_doctypes") or 0) == 1]
         if not applying:
+            _refuse_restricting_existing_user(ctx)
             return Look(
                 changes=[
                     Change(
@@ -507,6 +530,35 @@ class UserPermissionStep(Step):
         for extra in applying[1:]:
             look.changes.append(Change("delete", "User Permission", extra, reason="duplicate"))
         return look
+
+
+def _refuse_restricting_existing_user(ctx: StepContext) -> None:
+    """A User Permission on one Company restricts its user to that company: for a user who could see every company
+    (no Company permission yet) or is a System Manager, creating it takes access away. Moran does that only to users
+    it created, or when the operator allowed it for this tenant; a user already restricted to other companies only
+    gains one."""
+    spec = ctx.spec
+    created_now = ("User", spec.admin_email) in ctx.created
+    if spec.admin_created_by_moran or spec.allow_restricting_existing_admin or created_now:
+        return
+    user = find_doc(ctx.engine, "User", spec.admin_email)
+    if user is None:
+        return  # step 7 makes it; nothing exists to take access from
+    system_manager = "System Manager" in {row.get("role") for row in user.get("roles") or []}
+    restricted = ctx.engine.get_list(
+        "User Permission", filters={"user": spec.admin_email, "allow": "Company"}, fields=["name"], limit=1
+    )
+    if restricted and not system_manager:
+        return
+    why = "is a System Manager" if system_manager else "has no User Permission on Company, so it can see every company"
+    raise StepFailed(
+        f"The admin user '{spec.admin_email}' existed in the engine before Moran and {why}: a User Permission on "
+        f"'{spec.company}' would restrict it to this company only and take its access to the others away. "
+        "Give the tenant another admin email, or, if restricting this user is intended, allow it for this tenant "
+        "(admin: 'Allow restricting existing admin'; CLI: provision_tenant SLUG --allow-restrict-existing-admin "
+        "--continue) and continue.",
+        type="ExistingUserNotRestricted",
+    )
 
 
 class FinalizeStep(Step):

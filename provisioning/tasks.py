@@ -65,31 +65,41 @@ globals().update(STEP_TASKS)
 
 
 # --- Notifications ------------------------------------------------------------------------------------
-from celery.exceptions import SoftTimeLimitExceeded  # noqa: E402
-
-from provisioning.notifications import WebhookTransientError, webhook_send  # noqa: E402
+from provisioning.webhooks.delivery import (  # noqa: E402
+    WebhookTransientError,
+    send_time_limits,
+    webhook_delivery_send,
+    webhook_dispatch,
+)
+from provisioning.webhooks.models import WebhookDelivery  # noqa: E402
 
 
 @shared_task(
     bind=True,
     name="provisioning.webhook_deliver",
-    # Declarative retries: exponential backoff with full jitter, capped; the receiver dedupes by Idempotency-Key,
-    # so a retry (or a redelivery after a lost worker) is safe.
-    # A receiver that trickles its answer past the soft time limit is as unavailable as one that answers 503.
-    autoretry_for=(WebhookTransientError, SoftTimeLimitExceeded),
+    # Declarative retries: exponential backoff with full jitter, capped. The delivery row counts the tries and ends
+    # them (failed) at its own maximum; the receiver dedupes by Idempotency-Key, so a redelivered message is safe.
+    autoretry_for=(WebhookTransientError,),
     retry_backoff=settings.WEBHOOK_RETRY_BACKOFF,
     retry_backoff_max=settings.WEBHOOK_RETRY_BACKOFF_MAX,
     retry_jitter=True,
     max_retries=settings.WEBHOOK_MAX_RETRIES,
     acks_late=True,
     reject_on_worker_lost=True,
-    # A request's timeout bounds each read, not the whole answer; these bound the whole call.
-    soft_time_limit=max(30, int(4 * settings.WEBHOOK_TIMEOUT)),
-    time_limit=max(60, int(6 * settings.WEBHOOK_TIMEOUT)),
+    soft_time_limit=send_time_limits()[0],
+    time_limit=send_time_limits()[1],
 )
-def webhook_deliver(self, *, run_id, status, tenant=""):
-    """Notify the tenant's webhook that run ``run_id`` ended with the onboarding in ``status``."""
-    webhook_send(run_id=run_id, status=status, attempt=self.request.retries + 1)
+def webhook_deliver(self, *, delivery_id):
+    """One try of webhook delivery ``delivery_id``; nothing when it is done or another sender holds it."""
+    delivery = webhook_delivery_send(delivery_id=delivery_id, worker=self.request.hostname or "")
+    if delivery is not None and delivery.state == WebhookDelivery.State.PENDING:
+        raise WebhookTransientError(delivery.last_error)
+
+
+@shared_task(name="provisioning.webhook_dispatch", acks_late=False, ignore_result=True)
+def webhook_dispatch_task():
+    """Send the deliveries whose message was lost (on beat, every ``MORAN_WEBHOOK_DISPATCH_INTERVAL`` seconds)."""
+    return webhook_dispatch()
 
 
 @shared_task(name="provisioning.sweep", acks_late=False, ignore_result=True)
@@ -98,3 +108,15 @@ def sweep():
     from provisioning.recovery import sweep as sweep_pass
 
     return [str(action) for action in sweep_pass()]
+
+
+@shared_task(name="provisioning.batch_advance", acks_late=False, ignore_result=True)
+def batch_advance(batch_id=None):
+    """Start a batch's next tenants (sent when one of its runs ends), or, with no id (beat), of every unfinished
+    batch. Two at once are safe: the batch row is locked."""
+    from provisioning.batches import batch_advance as advance
+    from provisioning.batches import batch_advance_all
+
+    if batch_id is None:
+        return batch_advance_all()
+    return len(advance(batch_id=batch_id))

@@ -19,6 +19,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
+from moran.admin_lookups import SecretLookupGuard
 from moran.errors import DomainError, InvalidInput
 from moran.paging import KeysFirstPaginator
 from provisioning.admin import progress_bar, status_badge
@@ -73,7 +74,7 @@ def report_connection_test(request, connection: EngineConnection) -> None:
 
 
 @admin.register(EngineConnection)
-class EngineConnectionAdmin(admin.ModelAdmin):
+class EngineConnectionAdmin(SecretLookupGuard, admin.ModelAdmin):
     form = EngineConnectionForm
     list_display = ["name", "kind", "base_url", "api_key", "secret_state", "verify_tls", "tenant_count", "updated_at"]
     list_filter = ["kind"]
@@ -96,13 +97,14 @@ class EngineConnectionAdmin(admin.ModelAdmin):
     @admin.display(description="secret stored")
     def secret_state(self, obj):
         # Whether one is stored, never what it is.
-        return "set" if obj and obj.api_secret else "not set"
+        return "set" if obj and obj.has_api_secret else "not set"
 
     @admin.display(description="tenants", ordering="tenant_total")
     def tenant_count(self, obj):
         return obj.tenant_total
 
-    @admin.action(description="Test connection (run the engine check)")
+    # It calls the engine with the stored credentials: for those who may change the connection, not view-only users.
+    @admin.action(description="Test connection (run the engine check)", permissions=["change"])
     def test_connection_action(self, request, queryset):
         for connection in queryset:
             report_connection_test(request, connection)
@@ -119,7 +121,7 @@ class EngineConnectionAdmin(admin.ModelAdmin):
 
     def test_view(self, request, object_id):
         connection = get_object_or_404(EngineConnection, pk=object_id)
-        if not self.has_view_permission(request, connection):
+        if not self.has_change_permission(request, connection):
             messages.error(request, "You may not do that.")
         else:
             report_connection_test(request, connection)
@@ -154,12 +156,21 @@ CREATE_FIELDS = [
     "extra_warehouses",
     "engine",
     "owner",
+    "webhook_url",
+    "allow_restricting_existing_admin",
 ]
 # What the engine already holds under these values: fixed once the tenant exists.
 FIXED_AFTER_CREATE = ["slug", "company_name", "abbr", "currency", "country", "engine"]
 
 
 class TenantForm(forms.ModelForm):
+    webhook_url = forms.URLField(
+        assume_scheme="https",
+        max_length=500,
+        required=False,
+        empty_value=None,
+        help_text="Called when the onboarding ends: https, a public address. Empty: the global MORAN_WEBHOOK_URL.",
+    )
     extra_cost_centers = NameListField(required=False, help_text="One name a line, without ' - ABBR'.")
     extra_warehouses = NameListField(required=False, help_text="One name a line, without ' - ABBR'.")
 
@@ -204,7 +215,7 @@ class TenantForm(forms.ModelForm):
 
 
 @admin.register(Tenant)
-class TenantAdmin(admin.ModelAdmin):
+class TenantAdmin(SecretLookupGuard, admin.ModelAdmin):
     form = TenantForm
     list_display = ["slug", "name", "company_name", "abbr", "engine", "status", "onboarding_col", "created_at"]
     list_filter = ["status", "engine", "onboarding__status"]

@@ -9,6 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.selectors import user_get_by_email, user_label
+from moran.api.filters import VISIBLE_TEXT, QueryFilterSerializer
 from moran.api.pagination import Pagination
 from moran.api.permissions import IsOperatorForWrites
 from moran.api.schema import PAGE_PARAMETERS, TENANT_ID, error_responses, paginated
@@ -42,6 +43,7 @@ class TenantOutputSerializer(serializers.Serializer):
     extra_cost_centers = serializers.ListField(child=serializers.CharField())
     extra_warehouses = serializers.ListField(child=serializers.CharField())
     engine = serializers.CharField(source="engine.name")
+    allow_restricting_existing_admin = serializers.BooleanField()
     owner_email = serializers.SerializerMethodField()
     status = serializers.CharField(help_text="the tenant: new until provisioning completed once, then active")
     onboarding = OnboardingSummarySerializer()
@@ -54,9 +56,9 @@ class TenantOutputSerializer(serializers.Serializer):
 class TenantListApi(APIView):
     permission_classes = [IsAuthenticated, IsOperatorForWrites]
 
-    class FilterSerializer(serializers.Serializer):
+    class FilterSerializer(QueryFilterSerializer):
         status = serializers.ChoiceField(choices=OnboardingStatus.choices, required=False)
-        search = serializers.CharField(required=False, max_length=140)
+        search = serializers.CharField(required=False, max_length=140, validators=[VISIBLE_TEXT])
 
     class InputSerializer(serializers.Serializer):
         # Types only: the rules of a tenant (slug, ISO 4217, abbreviation, uniqueness) live in tenant_create.
@@ -80,7 +82,20 @@ class TenantListApi(APIView):
         owner_email = serializers.EmailField(
             required=False, allow_null=True, default=None, help_text="the user who may follow this tenant"
         )
+        webhook_url = serializers.CharField(
+            max_length=500,
+            required=False,
+            allow_blank=True,
+            allow_null=True,
+            default=None,
+            help_text="called when the onboarding ends (https, a public address); empty: the global one",
+        )
         start = serializers.BooleanField(default=True, help_text="start provisioning now (default true)")
+        allow_restricting_existing_admin = serializers.BooleanField(
+            default=False,
+            help_text="let provisioning restrict an admin user that already existed in the engine and could see every "
+            "company (default false: step 8 refuses and says why)",
+        )
 
     @extend_schema(
         operation_id="tenants_list",

@@ -6,11 +6,15 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 
+from moran.encryption import secret_decrypt, secret_encrypt
+
 
 class EngineConnection(models.Model):
     """Where tenants are provisioned: a real ERPNext site, or the built-in sandbox.
 
-    ``api_secret`` is write-only: no API, admin page, log line or error message ever shows it.
+    ``api_secret`` is write-only: no API, admin page, log line or error message ever shows it. It is stored encrypted
+    (``api_secret_encrypted``, a Fernet token under ``MORAN_SECRET_KEYS``); read and set it only through the
+    ``api_secret`` property, which decrypts and encrypts. No query may filter on either (the admin refuses it).
     """
 
     class Kind(models.TextChoices):
@@ -23,7 +27,7 @@ class EngineConnection(models.Model):
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.SANDBOX)
     base_url = models.URLField(blank=True, help_text="e.g. https://erp.example.com (ERPNext only)")
     api_key = models.CharField(max_length=255, blank=True)
-    api_secret = models.CharField(max_length=255, blank=True)
+    api_secret_encrypted = models.TextField(blank=True, default="", editable=False)
     verify_tls = models.BooleanField(default=True)
     connect_timeout = models.FloatField(default=5.0)
     read_timeout = models.FloatField(default=60.0)
@@ -39,6 +43,18 @@ class EngineConnection(models.Model):
     def __repr__(self):
         # Never include the secret, not even in a debugger or a traceback's locals.
         return f"<EngineConnection {self.name} ({self.kind})>"
+
+    @property
+    def api_secret(self) -> str:
+        return secret_decrypt(self.api_secret_encrypted, label=f"API secret of engine '{self.name}'")
+
+    @api_secret.setter
+    def api_secret(self, value: str) -> None:
+        self.api_secret_encrypted = secret_encrypt(value or "")
+
+    @property
+    def has_api_secret(self) -> bool:
+        return bool(self.api_secret_encrypted)
 
 
 slug_validator = RegexValidator(r"^[a-z0-9][a-z0-9-]{1,62}$", "Use 2-63 lowercase letters, digits and hyphens.")
@@ -69,13 +85,20 @@ class Tenant(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.NEW)
     # Called when the tenant's onboarding ends (COMPLETED, PARTIAL, FAILED); empty = the global MORAN_WEBHOOK_URL.
     webhook_url = models.URLField(max_length=500, null=True, blank=True)
+    # Step 8 restricts the admin user to this tenant's company. For a user that existed in the engine before Moran and
+    # may see every company (or is a System Manager), that takes access away: the step refuses unless this is set.
+    allow_restricting_existing_admin = models.BooleanField(
+        default=False,
+        help_text="Let provisioning restrict an admin user that already existed in the engine (and could see every "
+        "company) to this tenant's company.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["slug"]
         # The admin list's order (newest first; the id breaks ties). The search's trigram indexes are made by
-        # migration 0002 on PostgreSQL only (SQLite has no pg_trgm).
+        # the perf_indexes migration, on PostgreSQL only (SQLite has no pg_trgm).
         indexes = [models.Index(fields=["created_at", "id"], name="tenant_created_id")]
         constraints = [
             # Two tenants of one engine cannot share a company or its abbreviation: ERPNext would refuse the second.

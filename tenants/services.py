@@ -8,8 +8,9 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from moran.errors import InvalidInput
+from moran.errors import DomainError, InvalidInput
 from provisioning.currencies import ISO_4217
+from provisioning.webhooks.targets import WebhookTargetRefused, webhook_url_check
 from tenants.models import EngineConnection, Tenant
 
 logger = logging.getLogger("moran.tenants")
@@ -41,12 +42,53 @@ def tenant_validate(tenant: Tenant) -> None:
         values = getattr(tenant, field)
         if not isinstance(values, list) or not all(isinstance(v, str) and v.strip() and " - " not in v for v in values):
             errors.setdefault(field, []).append("A list of plain names (without ' - ABBR')")
+    if tenant.webhook_url and "webhook_url" not in errors:
+        try:
+            webhook_url_check(tenant.webhook_url)
+        except WebhookTargetRefused as exc:
+            errors["webhook_url"] = [f"Not an allowed webhook target: {exc}"]
     if errors:
         raise InvalidInput(invalid_message(errors), fields=errors)
 
 
 def invalid_message(errors: dict[str, list[str]]) -> str:
     return "Invalid tenant: " + "; ".join(f"{field}: {' '.join(messages)}" for field, messages in errors.items())
+
+
+def tenant_build(
+    *,
+    slug: str,
+    company_name: str,
+    abbr: str,
+    currency: str,
+    country: str,
+    admin_email: str,
+    name: str = "",
+    engine: EngineConnection | None = None,
+    owner=None,
+    admin_first_name: str = "",
+    extra_cost_centers: list[str] | None = None,
+    extra_warehouses: list[str] | None = None,
+    webhook_url: str | None = None,
+    allow_restricting_existing_admin: bool = False,
+) -> Tenant:
+    """An unsaved, normalised tenant: what ``tenant_create`` would save (batches compare and validate with it)."""
+    return Tenant(
+        slug=(slug or "").strip(),
+        name=(name or company_name or "").strip(),
+        company_name=(company_name or "").strip(),
+        abbr=(abbr or "").strip(),
+        currency=(currency or "").strip().upper(),
+        country=(country or "").strip(),
+        admin_email=(admin_email or "").strip().lower(),
+        admin_first_name=(admin_first_name or "").strip(),
+        extra_cost_centers=list(extra_cost_centers or []),
+        extra_warehouses=list(extra_warehouses or []),
+        engine=engine or engine_get(),
+        owner=owner,
+        webhook_url=(webhook_url or "").strip() or None,
+        allow_restricting_existing_admin=bool(allow_restricting_existing_admin),
+    )
 
 
 def tenant_create(
@@ -64,24 +106,26 @@ def tenant_create(
     extra_cost_centers: list[str] | None = None,
     extra_warehouses: list[str] | None = None,
     webhook_url: str | None = None,
+    allow_restricting_existing_admin: bool = False,
 ) -> Tenant:
     """Create a tenant and its onboarding (PENDING). Provisioning starts with ``onboarding_start``."""
     from provisioning.services import onboarding_create
 
-    tenant = Tenant(
-        slug=(slug or "").strip(),
-        name=(name or company_name or "").strip(),
-        company_name=(company_name or "").strip(),
-        abbr=(abbr or "").strip(),
-        currency=(currency or "").strip().upper(),
-        country=(country or "").strip(),
-        admin_email=(admin_email or "").strip().lower(),
-        admin_first_name=(admin_first_name or "").strip(),
-        extra_cost_centers=list(extra_cost_centers or []),
-        extra_warehouses=list(extra_warehouses or []),
-        engine=engine or engine_get(),
+    tenant = tenant_build(
+        slug=slug,
+        company_name=company_name,
+        abbr=abbr,
+        currency=currency,
+        country=country,
+        admin_email=admin_email,
+        name=name,
+        engine=engine,
         owner=owner,
-        webhook_url=(webhook_url or "").strip() or None,
+        admin_first_name=admin_first_name,
+        extra_cost_centers=extra_cost_centers,
+        extra_warehouses=extra_warehouses,
+        webhook_url=webhook_url,
+        allow_restricting_existing_admin=allow_restricting_existing_admin,
     )
     tenant_validate(tenant)
     if tenant.engine.kind == EngineConnection.Kind.NULL and not settings.NULL_ENGINE_ALLOWED:
@@ -104,6 +148,14 @@ def tenant_create(
     return tenant
 
 
+def tenant_allow_restricting_existing_admin(*, tenant: Tenant, allow: bool = True) -> Tenant:
+    """Let (or stop letting) step 8 restrict the tenant's admin user when that user existed in the engine before Moran
+    and could see every company. An operator's explicit choice, per tenant."""
+    Tenant.objects.filter(pk=tenant.pk).update(allow_restricting_existing_admin=allow)
+    tenant.allow_restricting_existing_admin = allow
+    return tenant
+
+
 def engine_connection_test(*, connection: EngineConnection) -> tuple[bool, str]:
     """Run the engine check (step 0's look: reachable, credentials, ERPNext version, setup complete) against a
     connection, outside any transaction. Returns ``(ok, message)``; the message is for operators and never holds a
@@ -123,6 +175,8 @@ def engine_connection_test(*, connection: EngineConnection) -> tuple[bool, str]:
     )
     try:
         engine = engine_for(connection)
+    except DomainError as exc:  # the stored secret does not open with the configured keys
+        return False, f"{connection.name}: {exc.message}"
     except ImportError:
         return (
             False,

@@ -12,7 +12,8 @@ import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, JsonResponse
-from django.views import defaults
+from django.views import csrf, defaults
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -82,9 +83,19 @@ def handler500(request):
     return defaults.server_error(request)
 
 
+# Exempt: the API authenticates with Bearer tokens, never cookies, so CSRF does not apply to it; without the
+# exemption an unknown URL answered a POST with Django's HTML "CSRF verification failed" page instead of a 404.
+@csrf_exempt
 def api_not_found(request, *args, **kwargs):
     """Any URL under /api/ that no endpoint answers (whatever the method)."""
     return JsonResponse(
         {"error": "not_found", "detail": f"No API endpoint at {request.path}; the endpoints are listed at /api/docs/"},
         status=404,
     )
+
+
+def csrf_failure(request, reason=""):
+    """Django's CSRF failure page, as JSON under /api/."""
+    if _is_api(request):
+        return JsonResponse({"error": "csrf_failed", "detail": "CSRF verification failed"}, status=403)
+    return csrf.csrf_failure(request, reason=reason)

@@ -16,8 +16,8 @@ TENANT_ID = OpenApiParameter(
 )
 
 PAGE_PARAMETERS = [
-    OpenApiParameter("page", int, description="page number, from 1"),
-    OpenApiParameter("page_size", int, description="items per page"),
+    OpenApiParameter("page", {"type": "integer", "minimum": 1}, description="page number, from 1"),
+    OpenApiParameter("page_size", {"type": "integer", "minimum": 1}, description="items per page (cut to the maximum)"),
 ]
 
 

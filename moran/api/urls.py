@@ -13,6 +13,7 @@ from provisioning.api import (
     OnboardingRetryApi,
     OnboardingStatusApi,
 )
+from provisioning.batch_api import BatchCreateApi, BatchDetailApi
 from tenants.api import TenantDetailApi, TenantListApi
 
 
@@ -42,6 +43,9 @@ urlpatterns = [
     path("auth/login", LoginApi.as_view(), name="login"),
     path("auth/logout", LogoutApi.as_view(), name="logout"),
     path("tenants", TenantListApi.as_view(), name="tenants"),
+    # Before tenants/<tenant_id>: "batch" would otherwise be read as a tenant's slug.
+    path("tenants/batch", BatchCreateApi.as_view(), name="tenant-batches"),
+    path("tenants/batch/<uuid:batch_id>", BatchDetailApi.as_view(), name="tenant-batch"),
     path("tenants/<tenant:tenant_id>", TenantDetailApi.as_view(), name="tenant"),
     path("provisioning/tenants/", include((provisioning, "provisioning"))),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

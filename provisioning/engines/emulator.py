@@ -13,6 +13,7 @@ server.
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import json
 import random
@@ -23,6 +24,7 @@ from typing import Any, Protocol
 
 from provisioning.currencies import ISO_4217
 from provisioning.engines.errors import (
+    EngineAuthError,
     EngineBadRequestError,
     EngineConflictError,
     EngineNotFoundError,
@@ -546,6 +548,14 @@ class ERPNextEmulator:
         doc = self.store.get(doctype, name)
         if doc is None:
             raise EngineNotFoundError(f"{doctype} {name} not found", status=404)
+        permitted = self._permitted_names(doctype)
+        if permitted is not None and name not in permitted:
+            raise EngineAuthError(
+                f"Not allowed for {doctype}: {name}<br>User <strong>{self.user}</strong> does not have access to "
+                f"this document: {doctype} - {name}",
+                status=403,
+                exc_type="PermissionError",
+            )
         return doc
 
     def get_list(self, doctype, *, filters=None, fields=None, order_by=None, limit=0, start=0):
@@ -557,6 +567,9 @@ class ERPNextEmulator:
         parsed = self._parse_json(filters, "filters")
         match = {f: v for f, v in parsed.items() if isinstance(v, str)} if isinstance(parsed, dict) else {}
         rows = [row for row in self.store.rows(doctype, match) if all(cond(row) for cond in conditions)]
+        permitted = self._permitted_names(doctype)
+        if permitted is not None:
+            rows = [row for row in rows if row["name"] in permitted]
         if order_by:
             # "field [asc|desc]", the field possibly qualified as Frappe writes it: `tabCost Center`.`name` desc
             match = re.fullmatch(r"\s*(?:`tab[^`]+`\.)?`?(\w+)`?(?:\s+(asc|desc))?\s*", str(order_by), re.IGNORECASE)
@@ -613,6 +626,27 @@ class ERPNextEmulator:
         self._check_doctype(doctype)
         if not self.store.remove(doctype, name):
             raise EngineNotFoundError(f"{doctype} {name} not found", status=404)
+
+    # --- User Permissions: what a restricted user may read ----------------------------------------------------
+    def acting_as(self, user: str) -> ERPNextEmulator:
+        """The same site (the same store) as another user reads it."""
+        view = copy.copy(self)
+        view.user = user
+        return view
+
+    def _permitted_names(self, doctype: str) -> set[str] | None:
+        """Frappe's restricting effect of User Permissions on reads: a user holding User Permissions (applying to all
+        doctypes) on a doctype reads only those documents of it (one on Company: the user lists that company only,
+        reading another is a 403). None: not restricted. Administrator never is. Modelled for the allowed doctype
+        itself, not for the documents that link to it."""
+        if self.user == "Administrator":
+            return None
+        allowed = {
+            row["for_value"]
+            for row in self.store.rows("User Permission", {"user": self.user, "allow": doctype})
+            if _truthy(row.get("apply_to_all_doctypes") or 0)
+        }
+        return allowed or None
 
     # --- filters -----------------------------------------------------------------------------------------------
     @staticmethod

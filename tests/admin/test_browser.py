@@ -150,7 +150,8 @@ def test_it_creates_a_tenant_from_the_admin_and_provisions_it(live_server, worke
     erp = EngineConnection.objects.create(
         name="erp-eu", kind=EngineConnection.Kind.ERPNEXT, base_url="https://erp.example.com", api_key="k1"
     )
-    EngineConnection.objects.filter(pk=erp.pk).update(api_secret=secret)
+    erp.api_secret = secret
+    erp.save()
     page.goto(f"{live_server.url}/admin/login/?next=/admin/tenants/tenant/add/")
     page.fill("#id_username", "operator")
     page.fill("#id_password", PASSWORD)

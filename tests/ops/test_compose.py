@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.fernet import Fernet
 from django.urls import resolve
 
 from tests.support.workers import ROOT
@@ -27,7 +28,14 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 APP_SERVICES = [name for name, service in SERVICES.items() if service.get("build")]
 BIN = Path(sys.executable).parent
-SECRETS = ("SECRET_KEY", "POSTGRES_PASSWORD", "FLOWER_BASIC_AUTH", "MORAN_WEBHOOK_SECRET", "MORAN_METRICS_TOKEN")
+SECRETS = (
+    "SECRET_KEY",
+    "POSTGRES_PASSWORD",
+    "FLOWER_BASIC_AUTH",
+    "MORAN_WEBHOOK_SECRET",
+    "MORAN_METRICS_TOKEN",
+    "MORAN_SECRET_KEYS",
+)
 INTERPOLATION = re.compile(r"(?<!\$)\$\{(?P<name>[A-Z0-9_]+)(?::?(?P<op>[-?])(?P<arg>[^}]*))?\}")
 CONTAINER_VAR = re.compile(r"\$\$\{?(?P<name>[A-Z0-9_]+)")
 
@@ -46,6 +54,7 @@ def filled_env() -> dict[str, str]:
     values = env_example()
     values.update({key: secrets.token_urlsafe(40) for key in SECRETS})
     values["FLOWER_BASIC_AUTH"] = "ops:" + secrets.token_urlsafe(12)
+    values["MORAN_SECRET_KEYS"] = Fernet.generate_key().decode()
     return values
 
 

@@ -9,10 +9,14 @@ import uuid
 
 import pytest
 from django.conf import settings as django_settings
+from django.utils import timezone
 
+from celery_app import app as celery_app
 from provisioning.models import OnboardingStatus, ProvisioningRun, SandboxFault
-from provisioning.notifications import WebhookTransientError, webhook_send, webhook_signature
+from provisioning.notifications import onboarding_run_ended, webhook_delivery_resend
 from provisioning.services import onboarding_cancel, onboarding_continue, onboarding_start
+from provisioning.webhooks.delivery import webhook_delivery_send, webhook_signature
+from provisioning.webhooks.models import WebhookAttempt, WebhookDelivery
 from tests.support.factories import make_tenant
 from tests.support.webhook_receiver import WebhookReceiver
 from tests.support.workers import WorkerProcess, realpath_available, wait_for_status
@@ -29,10 +33,25 @@ def fail_step(tenant, step, times=1):
     SandboxFault.objects.create(tenant=tenant, step=step, kind=SandboxFault.Kind.PERMANENT, remaining=times)
 
 
+#: what a worker needs to call the test receiver on 127.0.0.1 (refused by default, as any loopback target is).
+LOCAL_TARGETS_ENV = {"MORAN_WEBHOOK_ALLOW_HTTP": "true", "MORAN_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32"}
+
+
 @pytest.fixture
-def receiver():
+def receiver(settings):
+    # The receiver listens on loopback over plain http: allowed here, explicitly, and nowhere by default.
+    settings.WEBHOOK_ALLOW_HTTP = True
+    settings.WEBHOOK_ALLOWED_NETWORKS = ["127.0.0.1/32"]
     with WebhookReceiver() as r:
         yield r
+
+
+def ended_delivery(tenant, status="FAILED") -> WebhookDelivery:
+    """The outbox row of a run that just ended (its send not scheduled: no commit happens in these tests)."""
+    run = ProvisioningRun.objects.create(
+        onboarding=tenant.onboarding, kind="start", outcome=ProvisioningRun.Outcome.STOPPED, finished_at=timezone.now()
+    )
+    return onboarding_run_ended(onboarding=tenant.onboarding, run_id=run.id, status=status)
 
 
 # --- the service, in-process ---------------------------------------------------------------------------------------
@@ -54,6 +73,9 @@ def test_it_signs_the_body_and_sends_the_idempotency_key(receiver, settings, eag
     assert body["tenant"]["slug"] == tenant.slug
     assert body["run"] == {**body["run"], "id": str(run.id), "kind": "start", "outcome": "completed"}
     assert body["idempotency_key"] == f"{run.id}:COMPLETED"
+    delivery = WebhookDelivery.objects.get(idempotency_key=f"{run.id}:COMPLETED")
+    assert (delivery.tenant_id, delivery.run_id, delivery.status) == (tenant.pk, run.id, "COMPLETED")
+    assert (delivery.state, delivery.attempts, delivery.last_status_code) == ("delivered", 1, 200)
 
 
 @pytest.mark.django_db
@@ -81,6 +103,7 @@ def test_it_calls_nothing_without_a_url(receiver, settings, eager, on_commit):
     tenant.onboarding.refresh_from_db()
     assert tenant.onboarding.status == OnboardingStatus.COMPLETED
     assert receiver.calls == []
+    assert not WebhookDelivery.objects.exists(), "nothing to deliver, nothing kept"
 
 
 @pytest.mark.django_db
@@ -103,43 +126,55 @@ def test_it_announces_no_cancellation(receiver, settings, on_commit):
 
 @pytest.mark.django_db
 def test_it_classifies_the_receivers_answers(receiver, settings):
-    # given: a run that ended
-    tenant = make_tenant()
-    run = ProvisioningRun.objects.create(
-        onboarding=tenant.onboarding, kind="start", outcome=ProvisioningRun.Outcome.STOPPED
-    )
-    tenant.webhook_url = receiver.script("/x", [503, 429, 404, 302, 204])
-    tenant.save()
-    # when / then: 5xx and 429 are worth retrying, 404 is final, 2xx is delivered
-    with pytest.raises(WebhookTransientError):
-        webhook_send(run_id=str(run.id), status="FAILED")
-    with pytest.raises(WebhookTransientError):
-        webhook_send(run_id=str(run.id), status="FAILED")
-    assert webhook_send(run_id=str(run.id), status="FAILED") is False
-    assert webhook_send(run_id=str(run.id), status="FAILED") is False, "a redirect is not followed"
-    assert webhook_send(run_id=str(run.id), status="FAILED", attempt=5) is True
+    # given: a run that ended, and a receiver answering 503, 429, 404, 302 then 204
+    tenant = make_tenant(webhook_url=receiver.script("/x", [503, 429, 404, 302, 204]))
+    delivery = ended_delivery(tenant)
+    # when / then: 5xx and 429 are worth retrying, 404 is final, a redirect is not followed, 2xx is delivered
+    assert webhook_delivery_send(delivery_id=delivery.pk).state == "pending"
+    assert webhook_delivery_send(delivery_id=delivery.pk).state == "pending"
+    refused = webhook_delivery_send(delivery_id=delivery.pk)
+    assert (refused.state, refused.last_status_code) == ("failed", 404)
+    assert webhook_delivery_send(delivery_id=delivery.pk) is None, "a failed delivery is not tried again by itself"
+    webhook_delivery_resend(delivery=delivery)
+    assert webhook_delivery_send(delivery_id=delivery.pk).state == "failed", "a redirect is final"
+    webhook_delivery_resend(delivery=delivery)
+    delivered = webhook_delivery_send(delivery_id=delivery.pk)
+    assert (delivered.state, delivered.last_status_code, delivered.attempts) == ("delivered", 204, 5)
+    assert delivered.delivered_at is not None
     calls = receiver.calls_to("/x")
     assert len({c.body for c in calls}) == 1, "every attempt sends the same bytes"
-    assert [c.headers["X-Moran-Delivery-Attempt"] for c in calls] == ["1", "1", "1", "1", "5"]
+    assert [c.headers["X-Moran-Delivery-Attempt"] for c in calls] == ["1", "2", "3", "4", "5"]
+    # and each try is a row
+    tries = list(delivery.tries.values_list("number", "outcome", "status_code"))
+    assert tries == [
+        (1, "retry", 503),
+        (2, "retry", 429),
+        (3, "refused", 404),
+        (4, "refused", 302),
+        (5, "delivered", 204),
+    ]
+    assert all(t.finished_at and t.duration_ms is not None for t in delivery.tries.all())
 
 
 @pytest.mark.django_db
 def test_it_logs_no_credentials_of_the_url(receiver, caplog):
     # given: a URL carrying credentials and a token
-    tenant = make_tenant()
-    run = ProvisioningRun.objects.create(onboarding=tenant.onboarding, kind="start")
-    tenant.webhook_url = receiver.url("/t?token=s3cr3t").replace("http://", "http://user:pa55@")
-    tenant.save()
+    tenant = make_tenant(webhook_url=receiver.url("/t?token=s3cr3t").replace("http://", "http://user:pa55@"))
+    delivery = ended_delivery(tenant, status="COMPLETED")
     # when
     with caplog.at_level("INFO", logger="moran.notifications"):
-        assert webhook_send(run_id=str(run.id), status="COMPLETED") is True
-    # then
+        assert webhook_delivery_send(delivery_id=delivery.pk).state == "delivered"
+    # then: the call went where it was configured (with its credentials), and no log line or row holds them
+    (call,) = receiver.calls_to("/t?token=s3cr3t")
+    assert call.headers["Authorization"].startswith("Basic ")
     assert "127.0.0.1" in caplog.text
     assert "pa55" not in caplog.text and "s3cr3t" not in caplog.text
+    stored = str(list(WebhookDelivery.objects.values())) + str(list(WebhookAttempt.objects.values()))
+    assert "pa55" not in stored and "s3cr3t" not in stored
 
 
 @pytest.mark.django_db
-def test_it_retries_a_receiver_that_cannot_be_reached(settings):
+def test_it_retries_a_receiver_that_cannot_be_reached(receiver):
     # given: a port nobody listens on
     import socket
 
@@ -147,10 +182,29 @@ def test_it_retries_a_receiver_that_cannot_be_reached(settings):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     tenant = make_tenant(webhook_url=f"http://127.0.0.1:{port}/hook")
-    run = ProvisioningRun.objects.create(onboarding=tenant.onboarding, kind="start")
-    # when / then
-    with pytest.raises(WebhookTransientError):
-        webhook_send(run_id=str(run.id), status="COMPLETED")
+    delivery = ended_delivery(tenant, status="COMPLETED")
+    # when
+    after = webhook_delivery_send(delivery_id=delivery.pk)
+    # then: pending again, due later, and the try says why
+    assert after.state == "pending" and after.next_attempt_at > timezone.now()
+    (attempt,) = after.tries.all()
+    assert (attempt.outcome, attempt.status_code, attempt.error) == ("retry", None, "ConnectionError")
+
+
+@pytest.mark.django_db
+def test_it_gives_up_after_the_maximum_number_of_tries(receiver, settings):
+    # given: a receiver that always fails, two tries allowed
+    settings.WEBHOOK_MAX_RETRIES = 1
+    tenant = make_tenant(webhook_url=receiver.script("/down", [500]))
+    delivery = ended_delivery(tenant)
+    # when
+    first = webhook_delivery_send(delivery_id=delivery.pk)
+    second = webhook_delivery_send(delivery_id=delivery.pk)
+    # then
+    assert (first.state, second.state) == ("pending", "failed")
+    assert (second.attempts, second.last_status_code, second.last_error) == (2, 500, "HTTP 500")
+    assert webhook_delivery_send(delivery_id=delivery.pk) is None
+    assert len(receiver.calls_to("/down")) == 2
 
 
 def test_the_signature_is_hmac_sha256_of_the_body():
@@ -167,6 +221,7 @@ def webhook_worker(django_db_setup, worker_queue):
     proc = WorkerProcess(
         queue,
         env={
+            **LOCAL_TARGETS_ENV,
             "MORAN_WEBHOOK_SECRET": SECRET,
             "MORAN_WEBHOOK_RETRY_BACKOFF": "1",
             "MORAN_WEBHOOK_RETRY_BACKOFF_MAX": "2",
@@ -240,3 +295,53 @@ def test_it_retries_a_failing_receiver_without_blocking_provisioning(webhook_wor
     assert len(receiver.calls_to("/down")) == 4
     down.onboarding.refresh_from_db()
     assert down.onboarding.status == OnboardingStatus.COMPLETED
+    # and the deliveries say so, try by try
+    flaky_delivery = WebhookDelivery.objects.get(tenant=flaky)
+    assert (flaky_delivery.state, flaky_delivery.attempts, flaky_delivery.last_status_code) == ("delivered", 3, 200)
+    assert list(flaky_delivery.tries.values_list("status_code", flat=True)) == [500, 500, 200]
+    down_delivery = WebhookDelivery.objects.get(tenant=down)
+    assert (down_delivery.state, down_delivery.attempts, down_delivery.last_error) == ("failed", 4, "HTTP 500")
+    assert list(down_delivery.tries.values_list("number", "status_code")) == [(n, 500) for n in range(1, 5)]
+    assert all(t.worker for t in down_delivery.tries.all()), "each try names the worker that made it"
+
+
+@pytest.mark.realpath
+@pytest.mark.django_db(transaction=True)
+def test_it_delivers_exactly_once_when_the_send_was_lost_with_its_worker(receiver, worker_queue):
+    # given: a worker that ends the run, whose webhook message goes to a queue nobody serves ...
+    suffix = uuid.uuid4().hex[:8]
+    steps_queue, lost_queue, rescue_queue = f"test-steps-{suffix}", f"test-lost-{suffix}", f"test-rescue-{suffix}"
+    first = WorkerProcess(steps_queue, env={**LOCAL_TARGETS_ENV, "MORAN_NOTIFICATIONS_QUEUE": lost_queue}).start()
+    previous = django_settings.PROVISIONING_QUEUE
+    django_settings.PROVISIONING_QUEUE = steps_queue
+    try:
+        tenant = make_tenant(webhook_url=receiver.url("/once"))
+        run = onboarding_start(onboarding=tenant.onboarding)
+        wait_for_status(tenant.onboarding, OnboardingStatus.COMPLETED)
+    finally:
+        django_settings.PROVISIONING_QUEUE = previous
+    # ... and is killed after its final commit; the send message is lost with it (as with a broker that lost it)
+    first.kill()
+    with celery_app.connection_for_write() as conn:
+        assert conn.default_channel.queue_purge(lost_queue) == 1
+    delivery = WebhookDelivery.objects.get(tenant=tenant)
+    assert (delivery.state, delivery.attempts) == ("pending", 0)
+    # when: another worker runs the dispatcher, as beat would, three times over
+    rescuer = WorkerProcess(
+        rescue_queue,
+        env={**LOCAL_TARGETS_ENV, "MORAN_NOTIFICATIONS_QUEUE": rescue_queue, "MORAN_WEBHOOK_DISPATCH_GRACE": "0"},
+    ).start()
+    try:
+        celery_app.send_task("provisioning.webhook_dispatch", queue=rescue_queue)
+        (call,) = receiver.wait_for("/once", 1)
+        for _ in range(2):
+            celery_app.send_task("provisioning.webhook_dispatch", queue=rescue_queue)
+        time.sleep(2)  # a second call, if any, would arrive now
+    finally:
+        rescuer.stop()
+    # then: one call, one try, delivered
+    assert len(receiver.calls_to("/once")) == 1
+    assert call.headers["Idempotency-Key"] == f"{run.id}:COMPLETED"
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.attempts, delivery.last_status_code) == ("delivered", 1, 200)
+    assert list(delivery.tries.values_list("number", "outcome")) == [(1, "delivered")]

@@ -127,6 +127,8 @@ class FrappeTestServer:
         today = today or dt.date.today()
         self.api_key = api_key
         self.api_secret = api_secret or "sEcReT-" + secrets.token_hex(12)
+        # "key:secret" of the site's other users (user_token), who read the site as themselves.
+        self.user_keys: dict[str, str] = {}
         self.emulator = ERPNextEmulator(
             MemoryStore(),
             today=today,
@@ -188,6 +190,13 @@ class FrappeTestServer:
                     pass
             self._sockets.clear()
         self._httpd = None
+
+    def user_token(self, user: str) -> str:
+        """An ``Authorization`` header value with which requests act as ``user`` (an API key of that user)."""
+        credential = f"key-{secrets.token_hex(4)}:{secrets.token_hex(8)}"
+        with self._lock:
+            self.user_keys[credential] = user
+        return f"token {credential}"
 
     # --- fault controls ----------------------------------------------------------------------------------------
     def inject(self, status: int, *, times: int | None = 1, **match) -> Fault:
@@ -269,6 +278,8 @@ class FrappeTestServer:
                 value = ""
         if scheme in ("token", "basic") and value == f"{self.api_key}:{self.api_secret}":
             return "Administrator"
+        if scheme in ("token", "basic") and value in self.user_keys:
+            return self.user_keys[value]
         if scheme in ("token", "basic", "bearer"):
             if version == 2:
                 raise Reply(401, {"errors": [{"type": "AuthenticationError", "exception": _elided(10)}]})
@@ -292,10 +303,10 @@ class FrappeTestServer:
         doctype, name = segments[3], (segments[4] if len(segments) > 4 else None)
         if user is None:
             raise self._guest_reply(method, doctype, name)
-        site = self.emulator
+        site = self.emulator if user == "Administrator" else self.emulator.acting_as(user)
         if name is None:
             if method == "GET":
-                return 200, self._wrap(self._list(doctype, query), version)
+                return 200, self._wrap(self._list(doctype, query, site), version)
             if method == "POST":
                 return 200, self._wrap(site.insert(doctype, self._body(headers, body)), version)
         else:
@@ -319,7 +330,7 @@ class FrappeTestServer:
     def _wrap(data, version):
         return {"data": data}
 
-    def _list(self, doctype, query):
+    def _list(self, doctype, query, site):
         def cint(value, default):
             if value is None:
                 return default
@@ -328,7 +339,7 @@ class FrappeTestServer:
             except ValueError:
                 return 0  # Frappe's cint: "abc" is 0, and 0 means every row
 
-        return self.emulator.get_list(
+        return site.get_list(
             doctype,
             filters=query.get("filters"),
             fields=query.get("fields"),

@@ -10,7 +10,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_check(**env_overrides):
     env = {
-        k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL", "MORAN_ENV"}
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL", "MORAN_ENV", "MORAN_SECRET_KEYS"}
     }
     env.update(env_overrides)
     return subprocess.run(
@@ -32,6 +34,7 @@ def test_a_complete_production_configuration_passes():
         SECRET_KEY="x" * 50,
         DATABASE_URL="postgres://postgres@127.0.0.1:5432/moran",
         CELERY_BROKER_URL="redis://127.0.0.1:6379/0",
+        MORAN_SECRET_KEYS="kzN6dZ0bF5aGSmR8Cw9mYJ2o3Yk3bJ7O2y0m2Yw7Jb8=",
     )
     assert result.returncode == 0, result.stderr
 

@@ -54,6 +54,8 @@ def spec(**overrides):
         admin_first_name="Acme",
         cost_centers=("Operations",),
         warehouses=("Returns",),
+        # The admin is a user Moran made (step 7 records that); step 8 may restrict it again after a repair.
+        admin_created_by_moran=True,
     )
     fields.update(overrides)
     return TenantSpec(**fields)

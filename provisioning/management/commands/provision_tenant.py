@@ -21,13 +21,14 @@ from django.db import connection
 
 from moran.errors import DomainError
 from provisioning.drift import PRESENT, drifted, tenant_plan, tenant_verify
+from provisioning.management.progress import LiveTable
 from provisioning.models import Onboarding, OnboardingStatus, SandboxFault
 from provisioning.selectors import onboarding_status
 from provisioning.services import onboarding_continue, onboarding_retry, onboarding_start
 from provisioning.steps import STEP_NAMES, TOTAL_STEPS
 from tenants.models import EngineConnection
 from tenants.selectors import tenant_get_visible
-from tenants.services import engine_get, tenant_create
+from tenants.services import engine_get, tenant_allow_restricting_existing_admin, tenant_create
 
 EXIT_OK, EXIT_NOT_COMPLETED, EXIT_BAD_INPUT = 0, 1, 2
 TERMINAL = {OnboardingStatus.COMPLETED, OnboardingStatus.PARTIAL, OnboardingStatus.FAILED, OnboardingStatus.CANCELLED}
@@ -56,6 +57,11 @@ class Command(BaseCommand):
             "--warehouse", action="append", default=[], dest="warehouses", help="an extra warehouse (repeatable)"
         )
         parser.add_argument("--engine", help="engine connection name (default: %(default)s)", default=None)
+        parser.add_argument(
+            "--allow-restrict-existing-admin",
+            action="store_true",
+            help="let step 8 restrict an admin user that existed in the engine before (and could see every company)",
+        )
         parser.add_argument("--fail-step", help="sandbox: make this step fail once, permanently")
         parser.add_argument("--sandbox-latency", type=int, metavar="MS", help="sandbox: add MS to every engine call")
         action = parser.add_mutually_exclusive_group()
@@ -101,11 +107,15 @@ class Command(BaseCommand):
         onboarding = Onboarding.objects.get(tenant=tenant)
         who = "cli"
         eager = settings.CELERY_TASK_ALWAYS_EAGER
-        watcher = None if opts["no_wait"] else Watcher(self.stdout, onboarding.pk)
-        if watcher:
-            watcher.poll()  # remember the state before the run, so only what this run changes is shown
-            watcher.start()
+        watcher = None
+        if not opts["no_wait"]:
+            display = LiveTable(self.stdout, columns=("#", "step", "status", "attempts", "error"), title=tenant.slug)
+            watcher = Watcher(display, onboarding.pk)
         try:
+            if watcher:
+                watcher.display.start()
+                watcher.poll()  # remember the state before the run, so only what this run changes is shown
+                watcher.start()
             if opts["continue_"]:
                 run = onboarding_continue(onboarding=onboarding, requested_by=who)
             elif opts["retry"]:
@@ -151,6 +161,7 @@ class Command(BaseCommand):
                 engine=engine,
                 extra_cost_centers=opts["cost_centers"],
                 extra_warehouses=opts["warehouses"],
+                allow_restricting_existing_admin=opts["allow_restrict_existing_admin"],
             )
             self.stdout.write(
                 f"created tenant {tenant.slug} ({tenant.company_name}, {tenant.abbr}) on engine {engine.name}"
@@ -159,7 +170,10 @@ class Command(BaseCommand):
         for flag in ("company", "abbr", "currency", "country", "admin_email", "engine"):
             if opts[flag]:
                 raise BadInput(f"--{flag.replace('_', '-')} is only used with --create")
-        return tenant_get_visible(identifier=opts["slug"])
+        tenant = tenant_get_visible(identifier=opts["slug"])
+        if opts["allow_restrict_existing_admin"]:
+            tenant_allow_restricting_existing_admin(tenant=tenant)
+        return tenant
 
     def _read_only(self, tenant, *, verify: bool) -> int:
         engine = tenant.engine
@@ -237,12 +251,13 @@ def _short(value) -> str:
 
 
 class Watcher(threading.Thread):
-    """Prints each step's transitions while a run goes on. It polls the database (its own connection), so it shows
-    the same whether the steps run in this process (embedded mode) or on workers elsewhere."""
+    """Shows each step's transitions while a run goes on: a table redrawn in place on a terminal, one line per
+    transition otherwise. It polls the database (its own connection), so it shows the same whether the steps run in
+    this process (embedded mode) or on workers elsewhere."""
 
-    def __init__(self, out, onboarding_id, interval=0.2):
+    def __init__(self, display: LiveTable, onboarding_id, interval=0.2):
         super().__init__(daemon=True)
-        self.out, self.onboarding_id, self.interval = out, onboarding_id, interval
+        self.display, self.onboarding_id, self.interval = display, onboarding_id, interval
         self._stop_event = threading.Event()
         self._seen: dict[str, tuple] = {}
 
@@ -264,16 +279,18 @@ class Watcher(threading.Thread):
                 continue
             first = name not in self._seen
             self._seen[name] = key
-            if first:  # the state before this run: shown by the summary, not as progress
-                continue
-            detail = ""
-            if entry.get("error") and entry.get("status") != "completed":
-                detail = f" — {entry['error'].get('type')}: {entry['error'].get('message')}"
-            self.out.write(
-                f"[{i + 1:>2}/{TOTAL_STEPS}] {name:<28} {entry.get('status', 'pending'):<9} "
-                f"attempt {entry.get('attempts', 0)}{detail}"
-            )
+            status, attempts, error = entry.get("status", "pending"), entry.get("attempts", 0), ""
+            if entry.get("error") and status != "completed":
+                error = f"{entry['error'].get('type')}: {entry['error'].get('message')}"
+            # The state before this run fills the table but prints no line: the summary shows it.
+            line = None
+            if not first:
+                line = f"[{i + 1:>2}/{TOTAL_STEPS}] {name:<28} {status:<9} attempt {attempts}"
+                line += f" — {error}" if error else ""
+            self.display.update(name, (f"{i + 1}/{TOTAL_STEPS}", name, status, str(attempts), error), line=line)
 
     def stop(self):
         self._stop_event.set()
-        self.join(timeout=5)
+        if self.is_alive():
+            self.join(timeout=5)
+        self.display.stop()

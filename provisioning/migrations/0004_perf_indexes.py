@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("provisioning", "0001_initial"),
+        ("provisioning", "0003_batch_batches"),
     ]
 
     operations = [

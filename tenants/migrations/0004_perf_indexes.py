@@ -33,7 +33,7 @@ def drop_search_indexes(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("tenants", "0002_tenant_webhook_url"),
+        ("tenants", "0003_harden_secrets_existing_admin"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
