@@ -92,7 +92,8 @@ else:
     # Workers hold connections across tasks; check them before use so a restarted PostgreSQL costs one
     # reconnect instead of a failed step.
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # (The check is one extra round trip per task; the benchmarks measure it: CONN_HEALTH_CHECKS=false.)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("CONN_HEALTH_CHECKS", default=True)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -241,6 +242,8 @@ BATCH_ADVANCE_INTERVAL = env.int("MORAN_BATCH_ADVANCE_INTERVAL", default=30)
 # --- Provisioning ---------------------------------------------------------------------------------------------
 # The engine connection a tenant gets when none is named.
 DEFAULT_ENGINE = env.str("MORAN_DEFAULT_ENGINE", default="sandbox")
+# The null engine provisions nothing (benchmarks measure Moran's own cost with it); off unless a benchmark sets it.
+NULL_ENGINE_ALLOWED = env.bool("MORAN_NULL_ENGINE", default=False)
 
 
 # === Operations: Celery for this workload, beat, notifications, health, metrics, logging ============

@@ -21,6 +21,7 @@ from django.views.decorators.http import require_POST
 
 from moran.admin_lookups import SecretLookupGuard
 from moran.errors import DomainError, InvalidInput
+from moran.paging import KeysFirstPaginator
 from provisioning.admin import progress_bar, status_badge
 from provisioning.models import Onboarding, ProvisioningRun, StepLog
 from provisioning.services import onboarding_start
@@ -46,6 +47,12 @@ class EngineConnectionForm(forms.ModelForm):
         model = EngineConnection
         # Listed, not excluded: a field added to the model later must not appear here by accident. Never api_secret.
         fields = ["name", "kind", "base_url", "api_key", "verify_tls", "connect_timeout", "read_timeout"]
+
+    def clean_kind(self):
+        kind = self.cleaned_data.get("kind")
+        if kind == EngineConnection.Kind.NULL and not settings.NULL_ENGINE_ALLOWED:
+            raise forms.ValidationError("The null engine provisions nothing: it is for benchmarks only.")
+        return kind
 
     def clean(self):
         cleaned = super().clean()
@@ -214,7 +221,19 @@ class TenantAdmin(SecretLookupGuard, admin.ModelAdmin):
     list_filter = ["status", "engine", "onboarding__status"]
     search_fields = ["name", "slug", "company_name"]
     list_select_related = ["engine", "onboarding"]
-    ordering = ["-created_at"]
+    # Newest first, read off the (created_at, id) index; a deep page walks it for its keys only.
+    ordering = ["-created_at", "-id"]
+    paginator = KeysFirstPaginator
+
+    def get_queryset(self, request):
+        # The pages show the onboarding's status and progress, never its step states: leave that JSON unread. (A
+        # queryset that selects related rows already is not given list_select_related: name them all here.)
+        return (
+            super()
+            .get_queryset(request)
+            .select_related(*self.list_select_related)
+            .defer("onboarding__provisioning_steps")
+        )
 
     def has_delete_permission(self, request, obj=None):
         # Not while a run is in charge: its next step would find no onboarding. (Deleting a tenant removes nothing

@@ -20,6 +20,8 @@ class EngineConnection(models.Model):
     class Kind(models.TextChoices):
         ERPNEXT = "erpnext", "ERPNext"
         SANDBOX = "sandbox", "Sandbox"
+        # Answers everything at no cost and provisions nothing: benchmarks only (see provisioning.engines.null).
+        NULL = "null", "Null (benchmarks only)"
 
     name = models.SlugField(max_length=64, unique=True)
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.SANDBOX)
@@ -95,6 +97,9 @@ class Tenant(models.Model):
 
     class Meta:
         ordering = ["slug"]
+        # The admin list's order (newest first; the id breaks ties). The search's trigram indexes are made by
+        # the perf_indexes migration, on PostgreSQL only (SQLite has no pg_trgm).
+        indexes = [models.Index(fields=["created_at", "id"], name="tenant_created_id")]
         constraints = [
             # Two tenants of one engine cannot share a company or its abbreviation: ERPNext would refuse the second.
             models.UniqueConstraint(fields=["engine", "company_name"], name="tenant_unique_company_per_engine"),

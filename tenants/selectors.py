@@ -13,7 +13,13 @@ from tenants.models import Tenant
 def tenant_list(*, visible_to, status: str | None = None, search: str | None = None) -> QuerySet[Tenant]:
     """The tenants a user may see (staff: all; others: the ones they own), by slug; one query whatever the count.
     ``status`` filters on the onboarding status; ``search`` matches slug, name, company, abbreviation or admin email."""
-    qs = Tenant.objects.select_related("engine", "owner", "onboarding").order_by("slug")
+    # The list shows the onboarding's summary columns, never its step states: leave that JSON (the bulk of the
+    # row) in the database. The slug's unique index gives the order, so a deep page reads the index, not a sort.
+    qs = (
+        Tenant.objects.select_related("engine", "owner", "onboarding")
+        .defer("onboarding__provisioning_steps")
+        .order_by("slug")
+    )
     if not visible_to.is_staff:
         qs = qs.filter(owner=visible_to)
     if status:

@@ -128,6 +128,9 @@ def tenant_create(
         allow_restricting_existing_admin=allow_restricting_existing_admin,
     )
     tenant_validate(tenant)
+    if tenant.engine.kind == EngineConnection.Kind.NULL and not settings.NULL_ENGINE_ALLOWED:
+        message = f"Engine '{tenant.engine.name}' is a null engine: it provisions nothing (benchmarks only)"
+        raise InvalidInput(message, fields={"engine": [message]})
     try:
         with transaction.atomic():
             tenant.save()

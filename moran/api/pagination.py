@@ -3,6 +3,8 @@ import re
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
 
+from moran.paging import KeysFirstPaginator
+
 _POSITIVE_INT = re.compile(r"[1-9][0-9]*")
 
 
@@ -12,6 +14,9 @@ class Pagination(PageNumberPagination):
     Both parameters are whole numbers from 1, given once: anything else is a 400 naming the parameter (DRF would take
     the last of several values, or fall back to the default without a word). A page past the last is a 404, a page
     size past the maximum is cut to it."""
+
+    # A deep page walks the ordering's index for its keys, then reads only its own rows.
+    django_paginator_class = KeysFirstPaginator
 
     page_size = 50
     page_size_query_param = "page_size"

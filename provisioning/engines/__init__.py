@@ -15,4 +15,12 @@ def engine_for(connection, *, tenant=None, step: str | None = None):
         from provisioning.engines.erpnext import ERPNextEngine
 
         return ERPNextEngine(connection)
+    if connection.kind == EngineConnection.Kind.NULL:
+        from django.conf import settings
+
+        if not settings.NULL_ENGINE_ALLOWED:
+            raise ValueError(f"engine '{connection.name}' is a null engine, for benchmarks only (MORAN_NULL_ENGINE=1)")
+        from provisioning.engines.null import NullEngine
+
+        return NullEngine(connection, tenant=tenant, step=step)
     raise ValueError(f"unknown engine kind {connection.kind!r}")
