@@ -1,7 +1,7 @@
 """Onboarding state, runs and step logs; the sandbox engine's own tables.
 
 The onboarding row is the single source of truth for where a tenant's provisioning stands. Its step states are
-written by exactly one function, :func:`provisioning.state.step_state_write`; nothing else assigns to
+written by exactly one function, :func:`provisioning.state.onboarding_write`; nothing else assigns to
 ``provisioning_steps``.
 """
 
@@ -130,6 +130,51 @@ class StepLog(models.Model):
     class Meta:
         ordering = ["id"]
         indexes = [models.Index(fields=["onboarding", "id"]), models.Index(fields=["onboarding", "step"])]
+
+
+class StepAttempt(models.Model):
+    """One attempt of one step: a row per attempt, begun and closed in the same transaction as the step state it
+    goes with, so that attempts and step states always add up. Programs read these (the sweeper's poison-step count,
+    durations, the admin's timeline); ``StepLog`` keeps the lines for people."""
+
+    class Outcome(models.TextChoices):
+        RUNNING = "running"
+        COMPLETED = "completed"
+        RETRYING = "retrying"  # a transient error; the step is tried again
+        FAILED = "failed"
+        SKIPPED = "skipped"  # an optional step that failed
+        INTERRUPTED = "interrupted"  # its worker was lost before it ended
+        CANCELLED = "cancelled"  # an operator stopped the run while it ran
+
+    class EndedBy(models.TextChoices):
+        WORKER = "worker"  # the attempt's own worker recorded its end
+        REDELIVERY = "redelivery"  # the step's message came back and found the attempt unfinished
+        SWEEPER = "sweeper"
+        OPERATOR = "operator"
+
+    onboarding = models.ForeignKey(Onboarding, on_delete=models.CASCADE, related_name="attempts")
+    run_id = models.UUIDField()
+    step = models.CharField(max_length=64)
+    # Counts across runs, like the step state's ``attempts``: (onboarding, step, number) names one attempt.
+    number = models.PositiveSmallIntegerField()
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.RUNNING)
+    ended_by = models.CharField(max_length=16, choices=EndedBy.choices, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    # hostname:pid of the process that ran it.
+    worker = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["onboarding", "step", "number"], name="step_attempt_key"),
+        ]
+        indexes = [
+            # Durations and outcomes over a recent window (metrics), without scanning every attempt ever made.
+            models.Index(fields=["finished_at", "step"]),
+        ]
 
 
 class SandboxDocument(models.Model):

@@ -90,7 +90,7 @@ def test_it_announces_no_cancellation(receiver, settings, on_commit):
     tenant = make_tenant(webhook_url=receiver.url("/c"))
     from unittest import mock
 
-    with mock.patch("provisioning.services.run_enqueue"):
+    with mock.patch("provisioning.runs.run_enqueue"):
         on_commit(onboarding_start, onboarding=tenant.onboarding)
         # when
         on_commit(onboarding_cancel, onboarding=tenant.onboarding)

@@ -87,7 +87,7 @@ def test_it_saves_a_copy_and_never_mutates_the_stored_dict_in_place():
         steps["step_0_engine_check"]["status"] = StepStatus.COMPLETED
         return steps
 
-    written = onboarding_write(onboarding.pk, run_id=ANY_RUN, change=change)
+    written, _ = onboarding_write(onboarding.pk, run_id=ANY_RUN, change=change)
     assert seen["same_object"] is False
     fresh = Onboarding.objects.get(pk=onboarding.pk)
     assert fresh.provisioning_steps["step_0_engine_check"]["status"] == "completed"
