@@ -16,7 +16,7 @@ from moran.errors import RunActive
 from provisioning import execution, runs
 from provisioning.execution import step_execute
 from provisioning.locks import step_lease
-from provisioning.models import OnboardingStatus, ProvisioningRun, StepLog
+from provisioning.models import OnboardingStatus, ProvisioningRun, StepAttempt, StepLog
 from provisioning.recovery import SWEEPER, sweep
 from provisioning.runs import onboarding_continue, onboarding_start
 from provisioning.steps import STEP_NAMES
@@ -137,6 +137,9 @@ def test_it_marks_the_step_interrupted_after_resuming_too_often(stuck, lost_brok
     assert (onboarding.status, onboarding.run_id, onboarding.steps_completed) == (OnboardingStatus.PARTIAL, None, 3)
     assert entry["status"] == "failed" and entry["error"]["type"] == "Interrupted"
     assert "interrupted" in entry["error"]["message"] and "continue" in entry["error"]["message"]
+    # and the attempt rows say who ended each attempt
+    found = StepAttempt.objects.filter(onboarding=onboarding, step=STEP_NAMES[3]).order_by("number")
+    assert [(a.outcome, a.ended_by) for a in found] == [("interrupted", "sweeper")] * 3
     assert_attempts_add_up(onboarding)
     # and continue works
     lost_broker["lose"] = False
