@@ -47,6 +47,18 @@ def steps_with(**statuses):
         ({"step_0": "completed", "step_1": "running"}, True, "IN_PROGRESS", ("IN_PROGRESS", "step_1_company", 1, 10)),
         ({"step_0": "completed", "step_1": "retrying"}, True, "IN_PROGRESS", ("IN_PROGRESS", "step_1_company", 1, 10)),
         ({"step_0": "completed"}, False, "CANCELLED", ("CANCELLED", "step_1_company", 1, 10)),
+        # the running (or retrying) step is current even when an earlier step is not done
+        (
+            {"step_0": "completed", "step_3": "running"},
+            True,
+            "IN_PROGRESS",
+            ("IN_PROGRESS", "step_3_chart_of_accounts", 1, 10),
+        ),
+        ({"step_2": "failed", "step_5": "retrying"}, True, "IN_PROGRESS", ("IN_PROGRESS", "step_5_warehouses", 0, 0)),
+        # skipped counts towards progress, not towards steps completed
+        ({"step_0": "completed", "step_6": "skipped"}, False, "IN_PROGRESS", ("PARTIAL", "step_1_company", 1, 20)),
+        ({"step_6": "skipped"}, False, "IN_PROGRESS", ("FAILED", "step_0_engine_check", 0, 10)),
+        ({"step_0": "completed"}, True, "CANCELLED", ("IN_PROGRESS", "step_1_company", 1, 10)),
     ],
 )
 def test_it_derives_status_current_step_and_progress(statuses, run_active, previous, expected):
