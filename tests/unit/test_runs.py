@@ -316,3 +316,65 @@ def test_run_started_at_moves_with_each_new_run(sent):
     onboarding_continue(onboarding=tenant.onboarding)
     onboarding = Onboarding.objects.get(pk=tenant.onboarding.pk)
     assert onboarding.started_at > first and onboarding.finished_at is None
+
+
+# --- sending a run ----------------------------------------------------------------------------------------------------
+def test_run_signature_chains_the_step_tasks_by_name_from_the_start_index(sent, settings):
+    # given a run from step 7
+    settings.PROVISIONING_QUEUE = "prov-q"
+    tenant = make_tenant(slug="sig-co")
+    set_steps(tenant.onboarding, **{f"s{i}": entry("completed") for i in range(7)})
+    run = onboarding_continue(onboarding=tenant.onboarding)
+    # when
+    canvas = runs.run_signature(run)
+    # then
+    assert [t.task for t in canvas.tasks] == [f"provisioning.{name}" for name in STEP_NAMES[7:]]
+    for task in canvas.tasks:
+        assert (tuple(task.args), task.kwargs) == ((tenant.onboarding.pk, str(run.id)), {"tenant": "sig-co"})
+        assert task.immutable and task.options["queue"] == "prov-q"
+
+
+@pytest.fixture
+def committed_run(monkeypatch):
+    """A run claimed with its enqueue held back, so that the test calls run_enqueue itself."""
+    monkeypatch.setattr(runs, "run_enqueue", lambda *, run_id: True)
+    tenant = make_tenant()
+    run = onboarding_start(onboarding=tenant.onboarding)
+    monkeypatch.undo()
+    return run
+
+
+class Canvas:
+    def __init__(self, exc=None):
+        self.exc = exc
+
+    def apply_async(self):
+        if self.exc:
+            raise self.exc
+
+
+def test_run_enqueue_marks_a_sent_run_enqueued(committed_run, monkeypatch):
+    monkeypatch.setattr(runs, "run_signature", lambda run: Canvas())
+    assert runs.run_enqueue(run_id=committed_run.id) is True
+    committed_run.refresh_from_db()
+    assert committed_run.enqueued_at is not None
+
+
+def test_run_enqueue_counts_a_failed_step_of_an_eager_chain_as_sent(committed_run, monkeypatch):
+    monkeypatch.setattr(runs, "run_signature", lambda run: Canvas(runs.StepFailedError("step_4 failed")))
+    assert runs.run_enqueue(run_id=committed_run.id) is True
+    committed_run.refresh_from_db()
+    assert committed_run.enqueued_at is not None
+
+
+def test_run_enqueue_leaves_a_run_the_broker_refused_for_the_sweeper(committed_run, monkeypatch):
+    # given a broker that cannot be reached
+    monkeypatch.setattr(runs, "run_signature", lambda run: Canvas(ConnectionRefusedError("no broker")))
+    # when
+    assert runs.run_enqueue(run_id=committed_run.id) is False
+    # then
+    committed_run.refresh_from_db()
+    assert committed_run.enqueued_at is None
+    line = StepLog.objects.filter(onboarding_id=committed_run.onboarding_id).last()
+    assert (line.level, line.run_id) == ("error", committed_run.id)
+    assert line.message == "could not reach the task broker (ConnectionRefusedError); the run will be sent again"
