@@ -69,8 +69,7 @@ def _run_begin(onboarding: Onboarding, *, kind: str, start_index: int, requested
     onboarding.run_id = run.id
     onboarding.started_at = timezone.now()
     onboarding.finished_at = None
-    # A new run clears CANCELLED: derive() sees an active run.
-    onboarding.status = OnboardingStatus.IN_PROGRESS
+    # No status to set: with a run in charge the writer derives IN_PROGRESS (which also clears CANCELLED).
     transaction.on_commit(lambda: run_enqueue(run_id=run.id))
     return run
 

@@ -90,9 +90,7 @@ def derive(steps: dict, *, run_active: bool, previous_status: str) -> Derived:
         status = OnboardingStatus.PENDING
     else:
         status = OnboardingStatus.FAILED
-    return Derived(
-        status.value if hasattr(status, "value") else status, current, completed, round(100 * done / TOTAL_STEPS)
-    )
+    return Derived(status.value, current, completed, round(100 * done / TOTAL_STEPS))
 
 
 class Stale(Exception):
@@ -139,7 +137,8 @@ def onboarding_write(
     update: outside any outer transaction the write reconnects and is applied again, a few times over a few seconds,
     before the error propagates. ``change`` must therefore be a function of the locked row only (they all are).
     """
-    for attempt in range(WRITE_RECONNECTS + 1):
+    attempt = 0
+    while True:
         try:
             return _onboarding_write(
                 onboarding_id,
@@ -156,7 +155,7 @@ def onboarding_write(
             logger.warning("database connection lost while writing onboarding %s; reconnecting", onboarding_id)
             connection.close()
             time.sleep(min(0.25 * 2**attempt, 4.0))
-    raise AssertionError("unreachable")
+            attempt += 1
 
 
 def _onboarding_write(onboarding_id, *, run_id, change, log, log_step, log_level, log_attempt) -> Written:

@@ -9,7 +9,7 @@ from django.utils import timezone
 from moran.errors import NoActiveRun, NothingToContinue, RunActive
 from provisioning import execution, runs
 from provisioning.execution import StepOutcome, step_execute
-from provisioning.models import Onboarding, ProvisioningRun, SandboxFault, StepLog
+from provisioning.models import Onboarding, ProvisioningRun, SandboxFault, StepAttempt, StepLog
 from provisioning.runs import (
     first_incomplete,
     onboarding_cancel,
@@ -160,9 +160,16 @@ def test_start_is_refused_once_provisioning_has_started(sent):
 def test_continue_is_refused_when_every_step_is_completed_or_skipped(sent):
     tenant = make_tenant()
     set_steps(tenant.onboarding, **{f"s{i}": entry("skipped" if i == 6 else "completed") for i in range(10)})
-    with pytest.raises(NothingToContinue):
+    with pytest.raises(NothingToContinue, match=f"Every step of '{tenant.slug}' is completed: nothing to continue"):
         onboarding_continue(onboarding=tenant.onboarding)
     assert sent == [] and not ProvisioningRun.objects.exists()
+
+
+def test_a_new_onboarding_has_every_step_pending_and_step_0_current():
+    onboarding = Onboarding.objects.get(pk=make_tenant().onboarding.pk)
+    assert (onboarding.status, onboarding.current_step, onboarding.run_id) == ("PENDING", STEP_NAMES[0], None)
+    assert set(onboarding.provisioning_steps) == set(STEP_NAMES)
+    assert all(onboarding.provisioning_steps[n]["status"] == "pending" for n in STEP_NAMES)
 
 
 def test_first_incomplete_skips_completed_and_skipped_steps():
@@ -201,7 +208,10 @@ def test_cancel_while_a_step_runs_ends_the_run_and_fences_the_step(sent, monkeyp
         "message": "cancelled while running",
         "engine_status": None,
     }
-    assert steps[STEP_NAMES[1]]["finished_at"] is not None
+    assert steps[STEP_NAMES[1]]["finished_at"].endswith("Z")
+    attempt = StepAttempt.objects.get(onboarding=onboarding, step=STEP_NAMES[1])
+    assert (attempt.number, attempt.outcome, attempt.ended_by) == (1, "cancelled", "operator")
+    assert attempt.error == steps[STEP_NAMES[1]]["error"]
     assert all(steps[n] == before[n] for n in STEP_NAMES[2:])
     lines = list(StepLog.objects.filter(onboarding=onboarding).values_list("step", "attempt", "level", "message"))
     assert lines[-2:] == [
@@ -229,7 +239,7 @@ def test_cancel_resets_a_step_waiting_for_its_retry(sent):
 
 def test_cancel_without_a_run_is_refused(sent):
     tenant = make_tenant()
-    with pytest.raises(NoActiveRun):
+    with pytest.raises(NoActiveRun, match=f"No run is active for tenant '{tenant.slug}': nothing to cancel"):
         onboarding_cancel(onboarding=tenant.onboarding)
     assert Onboarding.objects.get(pk=tenant.onboarding.pk).status == "PENDING"
 
