@@ -174,7 +174,7 @@ def _onboarding_write(onboarding_id, *, run_id, change, log, log_step, log_level
             onboarding_run_ended(onboarding=onboarding, run_id=run_before, status=onboarding.status)
         log = changed.log or log
         # The run this write belongs to: the one it starts, the one in charge, or the one it ended.
-        log_run = onboarding.run_id or run_before or (run_id if run_id not in (None, ANY_RUN) else None)
+        log_run = onboarding.run_id or run_before
         if log:
             StepLog.objects.create(
                 onboarding=onboarding,

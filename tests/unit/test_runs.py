@@ -363,11 +363,21 @@ class Canvas:
             raise self.exc
 
 
-def test_run_enqueue_marks_a_sent_run_enqueued(committed_run, monkeypatch):
+def test_run_enqueue_marks_a_sent_run_enqueued_once(committed_run, monkeypatch):
+    # given another run not sent yet
     monkeypatch.setattr(runs, "run_signature", lambda run: Canvas())
+    other = ProvisioningRun.objects.create(onboarding=make_tenant().onboarding, kind="start")
+    # when
+    assert runs.run_enqueue(run_id=committed_run.id) is True
+    # then only this run is marked
+    committed_run.refresh_from_db()
+    first = committed_run.enqueued_at
+    assert first is not None
+    assert ProvisioningRun.objects.get(pk=other.pk).enqueued_at is None
+    # and a run sent again (by the sweeper) keeps the moment it first reached the broker
     assert runs.run_enqueue(run_id=committed_run.id) is True
     committed_run.refresh_from_db()
-    assert committed_run.enqueued_at is not None
+    assert committed_run.enqueued_at == first
 
 
 def test_run_enqueue_counts_a_failed_step_of_an_eager_chain_as_sent(committed_run, monkeypatch):
@@ -377,7 +387,7 @@ def test_run_enqueue_counts_a_failed_step_of_an_eager_chain_as_sent(committed_ru
     assert committed_run.enqueued_at is not None
 
 
-def test_run_enqueue_leaves_a_run_the_broker_refused_for_the_sweeper(committed_run, monkeypatch):
+def test_run_enqueue_leaves_a_run_the_broker_refused_for_the_sweeper(committed_run, monkeypatch, caplog):
     # given a broker that cannot be reached
     monkeypatch.setattr(runs, "run_signature", lambda run: Canvas(ConnectionRefusedError("no broker")))
     # when
@@ -388,3 +398,5 @@ def test_run_enqueue_leaves_a_run_the_broker_refused_for_the_sweeper(committed_r
     line = StepLog.objects.filter(onboarding_id=committed_run.onboarding_id).last()
     assert (line.level, line.run_id) == ("error", committed_run.id)
     assert line.message == "could not reach the task broker (ConnectionRefusedError); the run will be sent again"
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [f"could not enqueue run {committed_run.id}: ConnectionRefusedError"]
