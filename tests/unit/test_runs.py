@@ -400,3 +400,15 @@ def test_run_enqueue_leaves_a_run_the_broker_refused_for_the_sweeper(committed_r
     assert line.message == "could not reach the task broker (ConnectionRefusedError); the run will be sent again"
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert errors == [f"could not enqueue run {committed_run.id}: ConnectionRefusedError"]
+
+
+def test_a_run_requested_by_nobody_says_so(sent):
+    # given / when start and continue without a requester (the embedded mode, scripts)
+    tenant = make_tenant()
+    started = onboarding_start(onboarding=tenant.onboarding)
+    onboarding_cancel(onboarding=tenant.onboarding)
+    continued = onboarding_continue(onboarding=tenant.onboarding)
+    # then
+    assert (started.requested_by, continued.requested_by) == ("", "")
+    messages = list(StepLog.objects.filter(onboarding=tenant.onboarding).values_list("message", flat=True))
+    assert messages == ["start requested: a new run starts", "run cancelled", "continue requested: a new run starts"]
