@@ -22,7 +22,7 @@ from django.views.decorators.http import require_POST
 
 from moran.errors import DomainError, NoActiveRun, NothingToContinue, RunActive
 from moran.paging import KeysFirstPaginator
-from provisioning.models import Onboarding, OnboardingStatus, ProvisioningRun, StepLog
+from provisioning.models import Onboarding, OnboardingStatus, ProvisioningRun, StepAttempt, StepLog
 from provisioning.selectors import onboarding_logs, onboarding_status
 from provisioning.services import onboarding_cancel, onboarding_continue, onboarding_retry
 from provisioning.state import normalised
@@ -334,6 +334,10 @@ class OnboardingAdmin(admin.ModelAdmin):
         onboarding = get_object_or_404(Onboarding.objects.select_related("tenant", "tenant__engine"), pk=object_id)
         status = onboarding_status(onboarding=onboarding)
         in_progress = onboarding.status == OnboardingStatus.IN_PROGRESS
+        # Each step's attempts, from their rows (one query): outcome, duration and worker of every try.
+        tries: dict[str, list] = {}
+        for attempt in StepAttempt.objects.filter(onboarding=onboarding).order_by("id"):
+            tries.setdefault(attempt.step, []).append(attempt)
         timeline = []
         for index, step in enumerate(status["steps"]):
             started, finished = parse_iso(step["started_at"]), parse_iso(step["finished_at"])
@@ -345,6 +349,7 @@ class OnboardingAdmin(admin.ModelAdmin):
                     "optional": step["optional"],
                     "badge": status_badge(step["status"]),
                     "attempts": step["attempts"],
+                    "tries": tries.get(step["name"], []),
                     "started_at": started,
                     "finished_at": finished,
                     "duration": human_duration(started, finished, running=step["status"] in ("running", "retrying")),

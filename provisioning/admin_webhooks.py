@@ -1,6 +1,6 @@
 """The webhook deliveries in the console: where each announcement stands, every try it took, and "resend".
 
-Read-only pages; the one action calls :func:`provisioning.notifications.webhook_delivery_resend` and is gated on the
+Read-only pages; the one action calls :func:`provisioning.webhooks.outbox.webhook_delivery_resend` and is gated on the
 ``provisioning.change_webhookdelivery`` permission. No page shows a webhook URL: it may carry a token.
 """
 
@@ -11,8 +11,8 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from moran.errors import DomainError
-from provisioning.notifications import webhook_delivery_resend
-from provisioning.webhooks.models import WebhookAttempt, WebhookDelivery
+from provisioning.models import WebhookAttempt, WebhookDelivery
+from provisioning.webhooks.outbox import webhook_delivery_resend
 
 STATE_COLOURS = {
     WebhookDelivery.State.PENDING: "#6b7280",

@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from moran.errors import InvalidInput, NotFound, NothingToContinue, RunActive
 from provisioning.models import BatchItem, OnboardingStatus, ProvisioningBatch, SandboxFault
-from provisioning.services import onboarding_continue, onboarding_start
+from provisioning.runs import onboarding_continue, onboarding_start
 from provisioning.state import normalised
 from tenants.models import EngineConnection, Tenant
 from tenants.services import tenant_build, tenant_create, tenant_validate

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from provisioning.engines.errors import EngineError
 from provisioning.models import Onboarding, StepStatus
-from provisioning.services import plan_steps
+from provisioning.plan import plan_steps
 from provisioning.steps import Look, StepFailed
 from tenants.models import Tenant
 

@@ -1,7 +1,7 @@
 """Onboarding state, runs and step logs; the sandbox engine's own tables.
 
 The onboarding row is the single source of truth for where a tenant's provisioning stands. Its step states are
-written by exactly one function, :func:`provisioning.state.step_state_write`; nothing else assigns to
+written by exactly one function, :func:`provisioning.state.onboarding_write`; nothing else assigns to
 ``provisioning_steps``.
 """
 
@@ -147,6 +147,51 @@ class StepLog(models.Model):
         ]
 
 
+class StepAttempt(models.Model):
+    """One attempt of one step: a row per attempt, begun and closed in the same transaction as the step state it
+    goes with, so that attempts and step states always add up. Programs read these (the sweeper's poison-step count,
+    durations, the admin's timeline); ``StepLog`` keeps the lines for people."""
+
+    class Outcome(models.TextChoices):
+        RUNNING = "running"
+        COMPLETED = "completed"
+        RETRYING = "retrying"  # a transient error; the step is tried again
+        FAILED = "failed"
+        SKIPPED = "skipped"  # an optional step that failed
+        INTERRUPTED = "interrupted"  # its worker was lost before it ended
+        CANCELLED = "cancelled"  # an operator stopped the run while it ran
+
+    class EndedBy(models.TextChoices):
+        WORKER = "worker"  # the attempt's own worker recorded its end
+        REDELIVERY = "redelivery"  # the step's message came back and found the attempt unfinished
+        SWEEPER = "sweeper"
+        OPERATOR = "operator"
+
+    onboarding = models.ForeignKey(Onboarding, on_delete=models.CASCADE, related_name="attempts")
+    run_id = models.UUIDField()
+    step = models.CharField(max_length=64)
+    # Counts across runs, like the step state's ``attempts``: (onboarding, step, number) names one attempt.
+    number = models.PositiveSmallIntegerField()
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.RUNNING)
+    ended_by = models.CharField(max_length=16, choices=EndedBy.choices, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    # hostname:pid of the process that ran it.
+    worker = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["onboarding", "step", "number"], name="step_attempt_key"),
+        ]
+        indexes = [
+            # Durations and outcomes over a recent window (metrics), without scanning every attempt ever made.
+            models.Index(fields=["finished_at", "step"]),
+        ]
+
+
 class SandboxDocument(models.Model):
     """A document of a sandbox engine's emulated ERPNext site. Kept in the project's database so that every worker
     process, on every machine, sees the same engine; the (site, doctype, name) key is the engine's primary key."""
@@ -179,9 +224,6 @@ class SandboxFault(models.Model):
     remaining = models.PositiveIntegerField(default=1)
     latency_ms = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
-
-
-from provisioning.webhooks.models import WebhookAttempt, WebhookDelivery  # noqa: E402, F401  (the outbox's tables)
 
 
 class ProvisioningBatch(models.Model):
@@ -237,3 +279,78 @@ class BatchItem(models.Model):
         ordering = ["line"]
         constraints = [models.UniqueConstraint(fields=["batch", "tenant"], name="batch_item_unique_tenant")]
         indexes = [models.Index(fields=["batch", "started_at"])]
+
+
+# --- The webhook outbox: one delivery per announced end state, one row per try -------------------------------
+class WebhookDelivery(models.Model):
+    """One end state of one run, to be announced once. Written in the transaction that ended the run.
+
+    ``pending``: to send (again) at or after ``next_attempt_at``; ``sending``: claimed by a sender until
+    ``claimed_until`` (past it, the claim is void: its worker died); ``delivered``: the receiver answered 2xx;
+    ``failed``: refused for good, out of tries, or a target that is not allowed. Only ``resend`` leaves an end state.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        SENDING = "sending"
+        DELIVERED = "delivered"
+        FAILED = "failed"
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="webhook_deliveries")
+    run = models.ForeignKey("provisioning.ProvisioningRun", on_delete=models.CASCADE, related_name="webhook_deliveries")
+    event = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, help_text="the onboarding's end state being announced")
+    idempotency_key = models.CharField(max_length=80, unique=True)
+    # The body's facts, fixed when the run ended: every try sends the same bytes. The URL is not kept: it is read
+    # from the tenant (or the global setting) at each try, so a corrected URL takes effect on resend, and a URL's
+    # token is never copied into another table.
+    payload = models.JSONField()
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0, help_text="tries so far, resends included")
+    # Tries allowed in all; a resend grants a fresh allowance on top of the tries made.
+    max_attempts = models.PositiveIntegerField()
+    next_attempt_at = models.DateTimeField()
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=300, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "webhook deliveries"
+        indexes = [models.Index(fields=["state", "next_attempt_at"]), models.Index(fields=["tenant", "-created_at"])]
+
+    def __str__(self):
+        return f"{self.event} {self.status} ({self.idempotency_key})"
+
+
+class WebhookAttempt(models.Model):
+    """One try of a delivery. Created when the try is claimed, completed when it ends: a try whose worker died keeps
+    ``finished_at`` empty until the next claim marks it interrupted."""
+
+    class Outcome(models.TextChoices):
+        STARTED = "started"
+        DELIVERED = "delivered"
+        RETRY = "retry"  # worth trying again (5xx, 408/425/429, no answer)
+        REFUSED = "refused"  # the receiver's final answer
+        BLOCKED = "blocked"  # the target is not allowed, or no URL is configured
+        INTERRUPTED = "interrupted"  # its worker died; the claim expired
+
+    delivery = models.ForeignKey(WebhookDelivery, on_delete=models.CASCADE, related_name="tries")
+    number = models.PositiveIntegerField()
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.STARTED)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=300, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["delivery", "number"]
+        constraints = [models.UniqueConstraint(fields=["delivery", "number"], name="webhook_attempt_number")]
+
+    def __str__(self):
+        return f"try {self.number} of delivery {self.delivery_id}"

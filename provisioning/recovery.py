@@ -42,16 +42,28 @@ from django.db import connection
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from provisioning.models import Onboarding, ProvisioningRun, StepLog, StepStatus
-from provisioning.services import _log_row, run_resume, step_lease_free, step_lease_key
-from provisioning.state import ACTIVE, DONE, Stale, normalised, now_iso, onboarding_write, run_end
+from provisioning.attempts import attempt_close
+from provisioning.locks import step_lease_free, step_lease_key
+from provisioning.models import Onboarding, ProvisioningRun, StepAttempt, StepLog, StepStatus
+from provisioning.runs import run_resume
+from provisioning.state import (
+    ACTIVE,
+    DONE,
+    Changed,
+    Stale,
+    normalised,
+    now_iso,
+    onboarding_write,
+    run_end,
+    step_log_row,
+)
 from provisioning.steps import STEP_NAMES
 
 logger = logging.getLogger("moran.provisioning")
 
 #: ``requested_by`` of the runs the sweeper starts.
 SWEEPER = "sweeper"
-#: how the log line of an attempt the sweeper found interrupted ends (it counts them to find a poison step).
+#: how the log line of an attempt the sweeper found interrupted ends (for people; the count reads attempt rows).
 FOUND_BY_SWEEPER = "(found by the sweeper)"
 
 
@@ -288,8 +300,13 @@ def _interrupted_in_a_row(onboarding_id, step: str) -> int:
         .values_list("created_at", flat=True)
         .first()
     )
-    lines = StepLog.objects.filter(onboarding_id=onboarding_id, step=step, message__endswith=FOUND_BY_SWEEPER)
-    return (lines.filter(created_at__gte=since) if since else lines).count()
+    found = StepAttempt.objects.filter(
+        onboarding_id=onboarding_id,
+        step=step,
+        outcome=StepAttempt.Outcome.INTERRUPTED,
+        ended_by=StepAttempt.EndedBy.SWEEPER,
+    )
+    return (found.filter(started_at__gte=since) if since else found).count()
 
 
 def active_runs():
@@ -349,77 +366,75 @@ def sweep_onboarding(
         and stuck_entry.get("status") == StepStatus.RUNNING
         and _interrupted_in_a_row(onboarding.pk, problem.step) >= settings.SWEEP_MAX_RESUMES
     )
-    box: dict = {}
-
-    def change(ob, steps):
-        # The claim: the one writer locked the row and checked that the run is still in charge; the problem must
-        # still be there on the locked row, or someone else (a worker, another sweeper) got there first.
-        # Its lease is probed again under the row lock: a worker that took it since the pass began cannot record
-        # its attempt before this write ends, and then finds its run superseded.
-        again = diagnose(
-            ob, ProvisioningRun.objects.get(pk=run.pk), now=now, live=live.with_probe(run.id, problem.step)
-        )
-        if again is None or (again.kind, again.step) != (problem.kind, problem.step):
-            raise _Moved()
-        entry = steps.get(problem.step) if problem.step else None
-        if entry and entry["status"] == StepStatus.RUNNING:
-            # The attempt that began never ended: say so, so that every attempt has an end in the log.
-            _log_row(
-                ob,
-                problem.step,
-                entry["attempts"],
-                f"attempt {entry['attempts']} interrupted: its worker was lost {FOUND_BY_SWEEPER}",
-                StepLog.Level.WARNING,
-            )
-        if entry is not None and entry["status"] not in DONE:
-            steps[problem.step] = {
-                **entry,
-                "status": StepStatus.FAILED.value if mark else entry["status"],
-                "finished_at": now_iso() if entry["status"] in ACTIVE else entry["finished_at"],
-                "error": {
-                    "type": "Interrupted",
-                    "message": (
-                        f"interrupted: {again.detail}"
-                        + (
-                            f"; the sweeper already resumed it {settings.SWEEP_MAX_RESUMES} times in a row: "
-                            "look at the workers, then continue"
-                            if mark
-                            else ""
-                        )
-                    ),
-                    "engine_status": None,
-                },
-            }
-        if mark:
-            run_end(ob, ProvisioningRun.Outcome.STOPPED)
-            box["action"] = "marked"
-        else:
-            new_run = run_resume(ob, steps, requested_by=SWEEPER)
-            box["action"] = "resumed" if new_run else "ended"
-            box["run"] = new_run
-        return steps
-
-    messages = {
-        "marked": "the sweeper stopped the run: {detail}; continue runs it again",
-        "resumed": "the sweeper resumed the onboarding as a new run: {detail}",
-    }
-
-    def log_message():
-        return messages.get(box.get("action"), "the sweeper ended the run: every step is done ({detail})")
-
     try:
-        onboarding_write(
+        written = onboarding_write(
             onboarding.pk,
             run_id=run.id,
-            change=change,
-            log=lambda: log_message().format(detail=problem.detail),
+            change=lambda ob, steps: _resolve(ob, steps, run=run, problem=problem, mark=mark, now=now, live=live),
             log_step=problem.step or "",
             log_level=StepLog.Level.WARNING,
         )
     except (Stale, _Moved):
         return None
+    action, new_run = written.result
     detail = problem.detail
-    if box.get("run") is not None:
-        detail += f"; new run {box['run'].id} from {STEP_NAMES[box['run'].start_index]}"
-    logger.warning("sweeper %s %s: %s", box["action"], slug, detail)
-    return SweepAction(slug, box["action"], problem.kind, detail)
+    if new_run is not None:
+        detail += f"; new run {new_run.id} from {STEP_NAMES[new_run.start_index]}"
+    logger.warning("sweeper %s %s: %s", action, slug, detail)
+    return SweepAction(slug, action, problem.kind, detail)
+
+
+MESSAGES = {
+    "marked": "the sweeper stopped the run: {detail}; continue runs it again",
+    "resumed": "the sweeper resumed the onboarding as a new run: {detail}",
+    "ended": "the sweeper ended the run: every step is done ({detail})",
+}
+
+
+def _resolve(ob, steps, *, run: ProvisioningRun, problem: Problem, mark: bool, now, live: Liveness) -> Changed:
+    """The sweeper's change, under the row lock. Its result: the action taken and the new run (or None)."""
+    # The claim: the one writer locked the row and checked that the run is still in charge; the problem must still
+    # be there on the locked row, or someone else (a worker, another sweeper) got there first. The step's lease is
+    # probed again under the row lock: a worker that took it since the pass began cannot record its attempt before
+    # this write ends, and then finds its run superseded.
+    again = diagnose(ob, ProvisioningRun.objects.get(pk=run.pk), now=now, live=live.with_probe(run.id, problem.step))
+    if again is None or (again.kind, again.step) != (problem.kind, problem.step):
+        raise _Moved()
+    entry = steps.get(problem.step) if problem.step else None
+    error = {"type": "Interrupted", "message": f"interrupted: {again.detail}", "engine_status": None}
+    if mark:
+        error["message"] += (
+            f"; the sweeper already resumed it {settings.SWEEP_MAX_RESUMES} times in a row: look at the workers, then "
+            "continue"
+        )
+    if entry and entry["status"] == StepStatus.RUNNING:
+        # The attempt that began never ended: say so, so that every attempt has an end.
+        step_log_row(
+            ob,
+            problem.step,
+            entry["attempts"],
+            f"attempt {entry['attempts']} interrupted: its worker was lost {FOUND_BY_SWEEPER}",
+            StepLog.Level.WARNING,
+        )
+        attempt_close(
+            ob,
+            entry,
+            step=problem.step,
+            outcome=StepAttempt.Outcome.INTERRUPTED,
+            ended_by=StepAttempt.EndedBy.SWEEPER,
+            error=error,
+        )
+    if entry is not None and entry["status"] not in DONE:
+        steps[problem.step] = {
+            **entry,
+            "status": StepStatus.FAILED.value if mark else entry["status"],
+            "finished_at": now_iso() if entry["status"] in ACTIVE else entry["finished_at"],
+            "error": error,
+        }
+    if mark:
+        run_end(ob, ProvisioningRun.Outcome.STOPPED)
+        action, new_run = "marked", None
+    else:
+        new_run = run_resume(ob, steps, requested_by=SWEEPER)
+        action = "resumed" if new_run else "ended"
+    return Changed(steps, result=(action, new_run), log=MESSAGES[action].format(detail=problem.detail))

@@ -3,7 +3,8 @@
 Every change to ``Onboarding.provisioning_steps`` goes through :func:`onboarding_write`: it locks the row
 (``SELECT ... FOR UPDATE``; on SQLite the IMMEDIATE transaction takes the database write lock), refuses a write from a
 run that is no longer in charge, hands the caller a *copy* of the step states, assigns the result back, derives
-status / current_step / steps_completed / progress, and saves. The seeds' bug (a JSON dict mutated in place and never
+status / current_step / steps_completed / progress, and saves. What the change decided comes back to its caller with
+the saved onboarding (:class:`Written`), never through a variable the change closes over. The seeds' bug (a JSON dict mutated in place and never
 saved) and lost updates between two writers cannot happen through it.
 """
 
@@ -15,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
@@ -22,6 +24,7 @@ from django.utils import timezone
 from provisioning.batch_hooks import batch_run_ended
 from provisioning.models import Onboarding, OnboardingStatus, ProvisioningRun, StepLog, StepStatus
 from provisioning.steps import STEP_BY_NAME, STEPS, TOTAL_STEPS
+from provisioning.webhooks.outbox import onboarding_run_ended
 
 logger = logging.getLogger("moran.provisioning")
 
@@ -88,13 +91,26 @@ def derive(steps: dict, *, run_active: bool, previous_status: str) -> Derived:
         status = OnboardingStatus.PENDING
     else:
         status = OnboardingStatus.FAILED
-    return Derived(
-        status.value if hasattr(status, "value") else status, current, completed, round(100 * done / TOTAL_STEPS)
-    )
+    return Derived(status.value, current, completed, round(100 * done / TOTAL_STEPS))
 
 
 class Stale(Exception):
     """The write came from a run that is no longer in charge."""
+
+
+@dataclass(frozen=True)
+class Changed:
+    """What a change returns when it decided more than the new step states: ``result`` goes back to the writer's
+    caller, ``log`` (a message that depends on the decision) is written with the state."""
+
+    steps: dict
+    result: Any = None
+    log: str | None = None
+
+
+class Written(NamedTuple):
+    onboarding: Onboarding
+    result: Any
 
 
 #: how many times a write reconnects after losing its database connection (about 15 s in all).
@@ -105,14 +121,16 @@ def onboarding_write(
     onboarding_id: int,
     *,
     run_id,
-    change: Callable[[Onboarding, dict], dict],
-    log: str | Callable[[], str] | None = None,
+    change: Callable[[Onboarding, dict], dict | Changed],
+    log: str | None = None,
     log_step: str = "",
     log_level: str = StepLog.Level.INFO,
     log_attempt: int = 0,
-) -> Onboarding:
+) -> Written:
     """Lock, fence, change, derive, save, log: atomically. ``change(onboarding, steps)`` gets a deep copy of the
-    normalised step states, may also set run fields on the onboarding, and returns the new step states.
+    normalised step states, may also set run fields on the onboarding (and write rows that must commit with the
+    state), and returns the new step states or a :class:`Changed`. Returns the saved onboarding and the change's
+    result.
 
     Raises :class:`Stale` (and writes nothing) when ``run_id`` is not the run in charge.
 
@@ -120,7 +138,8 @@ def onboarding_write(
     update: outside any outer transaction the write reconnects and is applied again, a few times over a few seconds,
     before the error propagates. ``change`` must therefore be a function of the locked row only (they all are).
     """
-    for attempt in range(WRITE_RECONNECTS + 1):
+    attempt = 0
+    while True:
         try:
             return _onboarding_write(
                 onboarding_id,
@@ -137,34 +156,27 @@ def onboarding_write(
             logger.warning("database connection lost while writing onboarding %s; reconnecting", onboarding_id)
             connection.close()
             time.sleep(min(0.25 * 2**attempt, 4.0))
-    raise AssertionError("unreachable")
+            attempt += 1
 
 
-def _onboarding_write(onboarding_id, *, run_id, change, log, log_step, log_level, log_attempt) -> Onboarding:
+def _onboarding_write(onboarding_id, *, run_id, change, log, log_step, log_level, log_attempt) -> Written:
     with transaction.atomic():
         onboarding = Onboarding.objects.select_for_update().get(pk=onboarding_id)
         if run_id is not ANY_RUN and onboarding.run_id != (uuid.UUID(str(run_id)) if run_id else None):
             raise Stale(f"run {run_id} is not in charge of onboarding {onboarding_id} (run {onboarding.run_id} is)")
         run_before = onboarding.run_id
-        steps = change(onboarding, copy.deepcopy(normalised(onboarding.provisioning_steps)))
-        onboarding.provisioning_steps = steps  # a new object, assigned: never a dict mutated in place
-        derived = derive(steps, run_active=onboarding.run_id is not None, previous_status=onboarding.status)
-        onboarding.status = derived.status
-        onboarding.current_step = derived.current_step
-        onboarding.steps_completed = derived.steps_completed
-        onboarding.progress = derived.progress
-        onboarding.version += 1
-        onboarding._saving_state = True
-        onboarding.save()
+        changed = change(onboarding, copy.deepcopy(normalised(onboarding.provisioning_steps)))
+        if not isinstance(changed, Changed):
+            changed = Changed(changed)
+        _save_state(onboarding, changed.steps)
         if run_before is not None and onboarding.run_id is None:
             # This write ended the run in charge (a run ends once: under this lock). Announce its end state; the
-            # webhook is enqueued only if this transaction commits.
-            from provisioning.notifications import onboarding_run_ended
-
+            # announcement commits (or rolls back) with the state.
             onboarding_run_ended(onboarding=onboarding, run_id=run_before, status=onboarding.status)
             batch_run_ended(onboarding=onboarding)
-        if callable(log):
-            log = log()  # a message that depends on what ``change`` decided
+        log = changed.log or log
+        # The run this write belongs to: the one it starts, the one in charge, or the one it ended.
+        log_run = onboarding.run_id or run_before
         if log:
             StepLog.objects.create(
                 onboarding=onboarding,
@@ -178,14 +190,28 @@ def _onboarding_write(onboarding_id, *, run_id, change, log, log_step, log_level
         logger.log(
             {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}[log_level],
             log,
-            extra={
-                "tenant": onboarding.tenant_id,
-                # The run this write belongs to: the one it starts, the one in charge, or the one it ended.
-                "run_id": str(onboarding.run_id or run_before or (run_id if run_id not in (None, ANY_RUN) else "")),
-                "step": log_step,
-            },
+            extra={"tenant": onboarding.tenant_id, "run_id": str(log_run or ""), "step": log_step},
         )
-    return onboarding
+    return Written(onboarding, changed.result)
+
+
+def _save_state(onboarding: Onboarding, steps: dict) -> None:
+    onboarding.provisioning_steps = steps  # a new object, assigned: never a dict mutated in place
+    derived = derive(steps, run_active=onboarding.run_id is not None, previous_status=onboarding.status)
+    onboarding.status = derived.status
+    onboarding.current_step = derived.current_step
+    onboarding.steps_completed = derived.steps_completed
+    onboarding.progress = derived.progress
+    onboarding.version += 1
+    onboarding._saving_state = True
+    onboarding.save()
+
+
+def step_log_row(onboarding: Onboarding, step: str, attempt: int, message: str, level=StepLog.Level.INFO) -> None:
+    """Inside :func:`onboarding_write`'s change: a log line that commits or rolls back with the state."""
+    StepLog.objects.create(
+        onboarding=onboarding, run_id=onboarding.run_id, step=step, attempt=attempt, level=level, message=message
+    )
 
 
 def run_end(onboarding: Onboarding, outcome: str) -> None:

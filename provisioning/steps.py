@@ -19,19 +19,10 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from provisioning.engines.base import find_doc
+from provisioning.engines.base import ADMIN_ROLES, DEFAULT_WAREHOUSES, ROOT_ACCOUNTS, find_doc
 from provisioning.engines.errors import EngineConflictError
 
 SUPPORTED_ERPNEXT_MAJORS = (15,)
-ADMIN_ROLES = ("Accounts Manager", "Accounts User", "Stock Manager", "Stock User", "Sales User", "Purchase User")
-DEFAULT_WAREHOUSES = ("Stores", "Work In Progress", "Finished Goods", "Goods In Transit")
-ROOT_ACCOUNTS = {
-    "Asset": ("Application of Funds (Assets)", "Balance Sheet"),
-    "Liability": ("Source of Funds (Liabilities)", "Balance Sheet"),
-    "Equity": ("Equity", "Balance Sheet"),
-    "Income": ("Income", "Profit and Loss"),
-    "Expense": ("Expenses", "Profit and Loss"),
-}
 
 
 class StepFailed(Exception):

@@ -1,6 +1,6 @@
 """One Celery task per step, named after it (Flower shows ``provisioning.step_1_company``).
 
-Tasks are thin: they take ids, and :func:`provisioning.services.step_execute` does the work and records it. A task
+Tasks are thin: they take ids, and :func:`provisioning.execution.step_execute` does the work and records it. A task
 of a run that is no longer in charge does nothing and stops its chain (``Ignore``); a permanently failed required
 step stops the chain by raising :class:`StepFailedError`; a transient error is retried with backoff by
 ``self.retry`` (which keeps the rest of the chain attached).
@@ -11,12 +11,10 @@ from celery.exceptions import Ignore
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 
-from provisioning.services import retry_countdown, step_execute
+from provisioning.execution import StepOutcome, retry_countdown, step_execute
+from provisioning.recovery import sweep as sweep_pass
+from provisioning.runs import StepFailedError
 from provisioning.steps import STEP_NAMES
-
-
-class StepFailedError(Exception):
-    """A required step failed permanently; the state is recorded, the chain stops here."""
 
 
 def _make_step_task(step_name: str):
@@ -36,11 +34,11 @@ def _make_step_task(step_name: str):
             connection.close()
             # Bounded all the same (about half an hour with the default backoff): past it the sweeper takes over.
             raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries), max_retries=30) from exc
-        if outcome.kind in ("stale", "duplicate"):
+        if outcome.kind in (StepOutcome.STALE, StepOutcome.DUPLICATE):
             raise Ignore()
-        if outcome.kind == "retry":
+        if outcome.kind == StepOutcome.RETRY:
             raise self.retry(countdown=outcome.countdown, max_retries=self.max_retries)
-        if outcome.kind == "failed":
+        if outcome.kind == StepOutcome.FAILED:
             raise StepFailedError(f"{tenant}: {step_name} failed: {outcome.message}")
         return {"tenant": tenant, "step": step_name, "outcome": outcome.kind, "detail": outcome.message}
 
@@ -65,13 +63,13 @@ globals().update(STEP_TASKS)
 
 
 # --- Notifications ------------------------------------------------------------------------------------
+from provisioning.models import WebhookDelivery  # noqa: E402
 from provisioning.webhooks.delivery import (  # noqa: E402
     WebhookTransientError,
     send_time_limits,
     webhook_delivery_send,
     webhook_dispatch,
 )
-from provisioning.webhooks.models import WebhookDelivery  # noqa: E402
 
 
 @shared_task(
@@ -105,8 +103,6 @@ def webhook_dispatch_task():
 @shared_task(name="provisioning.sweep", acks_late=False, ignore_result=True)
 def sweep():
     """One pass of the sweeper (on beat, every ``MORAN_SWEEP_INTERVAL`` seconds). Two at once are safe."""
-    from provisioning.recovery import sweep as sweep_pass
-
     return [str(action) for action in sweep_pass()]
 
 

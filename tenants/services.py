@@ -109,7 +109,7 @@ def tenant_create(
     allow_restricting_existing_admin: bool = False,
 ) -> Tenant:
     """Create a tenant and its onboarding (PENDING). Provisioning starts with ``onboarding_start``."""
-    from provisioning.services import onboarding_create
+    from provisioning.runs import onboarding_create
 
     tenant = tenant_build(
         slug=slug,

@@ -8,6 +8,18 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+# What every tenant's workspace holds in ERPNext terms: the steps create and check these, and an engine that answers
+# without a site (the benchmarks' null engine) answers with them.
+ADMIN_ROLES = ("Accounts Manager", "Accounts User", "Stock Manager", "Stock User", "Sales User", "Purchase User")
+DEFAULT_WAREHOUSES = ("Stores", "Work In Progress", "Finished Goods", "Goods In Transit")
+ROOT_ACCOUNTS = {
+    "Asset": ("Application of Funds (Assets)", "Balance Sheet"),
+    "Liability": ("Source of Funds (Liabilities)", "Balance Sheet"),
+    "Equity": ("Equity", "Balance Sheet"),
+    "Income": ("Income", "Profit and Loss"),
+    "Expense": ("Expenses", "Profit and Loss"),
+}
+
 
 class Engine(Protocol):
     #: "erpnext" or "sandbox"; for messages only, steps never branch on it.

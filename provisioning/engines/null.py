@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from provisioning.steps import ADMIN_ROLES, ROOT_ACCOUNTS
+from provisioning.engines.base import ADMIN_ROLES, ROOT_ACCOUNTS
 
 #: the fixed answers of the engine check (step 0)
 _CALLS = {

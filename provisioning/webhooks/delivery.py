@@ -26,8 +26,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from provisioning.notifications import EVENT, webhook_delivery_schedule, webhook_url_for
-from provisioning.webhooks.models import WebhookAttempt, WebhookDelivery
+from provisioning.models import WebhookAttempt, WebhookDelivery
+from provisioning.webhooks.outbox import EVENT, webhook_delivery_schedule, webhook_url_for
 from provisioning.webhooks.targets import WebhookTargetRefused, webhook_post
 
 logger = logging.getLogger("moran.notifications")

@@ -146,6 +146,8 @@ def test_it_shows_the_step_timeline_and_recent_log_lines(admin_client, partial):
     ]
     failed = timeline[4]
     assert (failed["attempts"], failed["error"]["engine_status"]) == (1, 417)
+    assert [(a.number, a.outcome) for a in failed["tries"]] == [(1, "failed")]  # from the attempt rows
+    assert "#1 failed" in html
     assert "Sandbox fault injected for step_4_cost_centers" in html
     assert "&quot;company&quot;: &quot;Partial Co&quot;" in html  # step 1's result
     assert "attempt 1 started" in html  # a log line

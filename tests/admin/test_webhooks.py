@@ -7,10 +7,9 @@ from django.contrib.auth.models import Permission, User
 from django.urls import reverse
 from django.utils import timezone
 
-from provisioning.models import ProvisioningRun
-from provisioning.notifications import onboarding_run_ended
+from provisioning.models import ProvisioningRun, WebhookDelivery
 from provisioning.webhooks.delivery import webhook_delivery_send
-from provisioning.webhooks.models import WebhookDelivery
+from provisioning.webhooks.outbox import onboarding_run_ended
 from tests.support.factories import make_tenant
 from tests.support.queries import count_queries
 from tests.support.webhook_receiver import WebhookReceiver

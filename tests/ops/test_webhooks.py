@@ -12,11 +12,10 @@ from django.conf import settings as django_settings
 from django.utils import timezone
 
 from celery_app import app as celery_app
-from provisioning.models import OnboardingStatus, ProvisioningRun, SandboxFault
-from provisioning.notifications import onboarding_run_ended, webhook_delivery_resend
+from provisioning.models import OnboardingStatus, ProvisioningRun, SandboxFault, WebhookAttempt, WebhookDelivery
 from provisioning.services import onboarding_cancel, onboarding_continue, onboarding_start
 from provisioning.webhooks.delivery import webhook_delivery_send, webhook_signature
-from provisioning.webhooks.models import WebhookAttempt, WebhookDelivery
+from provisioning.webhooks.outbox import onboarding_run_ended, webhook_delivery_resend
 from tests.support.factories import make_tenant
 from tests.support.webhook_receiver import WebhookReceiver
 from tests.support.workers import WorkerProcess, realpath_available, wait_for_status
@@ -113,7 +112,7 @@ def test_it_announces_no_cancellation(receiver, settings, on_commit):
     tenant = make_tenant(webhook_url=receiver.url("/c"))
     from unittest import mock
 
-    with mock.patch("provisioning.services.run_enqueue"):
+    with mock.patch("provisioning.runs.run_enqueue"):
         on_commit(onboarding_start, onboarding=tenant.onboarding)
         # when
         on_commit(onboarding_cancel, onboarding=tenant.onboarding)

@@ -11,8 +11,8 @@ from django.utils import timezone
 from requests import PreparedRequest
 
 from provisioning.models import ProvisioningRun
-from provisioning.notifications import onboarding_run_ended
 from provisioning.webhooks.delivery import webhook_delivery_send
+from provisioning.webhooks.outbox import onboarding_run_ended
 from provisioning.webhooks.targets import (
     PinnedAddressAdapter,
     Target,

@@ -20,7 +20,7 @@ from django.db import connection
 from django.utils.dateparse import parse_datetime
 
 from celery_app import app as celery_app
-from provisioning.models import Onboarding, OnboardingStatus, SandboxDocument, StepLog
+from provisioning.models import Onboarding, OnboardingStatus, SandboxDocument, StepAttempt, StepLog, StepStatus
 from provisioning.state import normalised
 from provisioning.steps import STEP_NAMES
 from tests.support import workers
@@ -196,9 +196,39 @@ def wait_all(onboarding_ids, statuses=END_STATES, *, timeout: float, tick=None) 
         time.sleep(0.5)
 
 
+#: the outcome a step's last attempt must have when the step rests in this status.
+LAST_ATTEMPT = {
+    StepStatus.COMPLETED: {StepAttempt.Outcome.COMPLETED},
+    StepStatus.SKIPPED: {StepAttempt.Outcome.SKIPPED},
+    StepStatus.RETRYING: {StepAttempt.Outcome.RETRYING},
+    StepStatus.RUNNING: {StepAttempt.Outcome.RUNNING},
+    # the sweeper marks a poison step failed after its last attempt was interrupted
+    StepStatus.FAILED: {StepAttempt.Outcome.FAILED, StepAttempt.Outcome.INTERRUPTED},
+}
+
+
 def assert_attempts_add_up(onboarding: Onboarding):
     """Every attempt counted on a step has exactly one 'started' line and exactly one end line (completed,
-    retrying, failed, skipped or interrupted) in the step log, and the count is what the step says."""
+    retrying, failed, skipped or interrupted) in the step log, and the count is what the step says. The attempt
+    rows agree: one per attempt, only the running step's last one open, the last one's outcome the step's status."""
+    _assert_log_lines_add_up(onboarding)
+    steps = normalised(onboarding.provisioning_steps)
+    rows: dict[str, list] = {}
+    for step, number, outcome in (
+        StepAttempt.objects.filter(onboarding=onboarding).order_by("number").values_list("step", "number", "outcome")
+    ):
+        rows.setdefault(step, []).append((number, outcome))
+    for name in STEP_NAMES:
+        entry, got = steps[name], rows.get(name, [])
+        where = f"{onboarding.tenant.slug} {name}"
+        assert [n for n, _ in got] == list(range(1, entry["attempts"] + 1)), f"{where}: {entry}, attempt rows {got}"
+        still_open = [n for n, outcome in got if outcome == StepAttempt.Outcome.RUNNING]
+        assert still_open == ([entry["attempts"]] if entry["status"] == StepStatus.RUNNING else []), where
+        if got and entry["status"] in LAST_ATTEMPT:
+            assert got[-1][1] in LAST_ATTEMPT[entry["status"]], f"{where} is {entry['status']}: attempt rows {got}"
+
+
+def _assert_log_lines_add_up(onboarding: Onboarding):
     onboarding.refresh_from_db()
     steps = normalised(onboarding.provisioning_steps)
     lines = StepLog.objects.filter(onboarding=onboarding, attempt__gt=0).values_list("step", "attempt", "message")

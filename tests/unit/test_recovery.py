@@ -13,10 +13,12 @@ from django.db import connection
 from django.utils import timezone
 
 from moran.errors import RunActive
-from provisioning import services
-from provisioning.models import OnboardingStatus, ProvisioningRun, StepLog
+from provisioning import execution, runs
+from provisioning.execution import step_execute
+from provisioning.locks import step_lease
+from provisioning.models import OnboardingStatus, ProvisioningRun, StepAttempt, StepLog
 from provisioning.recovery import SWEEPER, sweep
-from provisioning.services import onboarding_continue, onboarding_start, step_execute, step_lease
+from provisioning.runs import onboarding_continue, onboarding_start
 from provisioning.steps import STEP_NAMES
 from tests.support.factories import make_tenant
 from tests.support.faultkit import assert_attempts_add_up, engine_duplicates
@@ -32,7 +34,7 @@ class WorkerDied(BaseException):
 def lost_broker(monkeypatch):
     """Runs are committed and 'reach the broker' (enqueued_at set), but their messages are lost: nothing runs."""
     state = {"lose": True}
-    real = services.run_enqueue
+    real = runs.run_enqueue
 
     def run_enqueue(*, run_id):
         if not state["lose"]:
@@ -40,7 +42,7 @@ def lost_broker(monkeypatch):
         ProvisioningRun.objects.filter(pk=run_id).update(enqueued_at=timezone.now())
         return True
 
-    monkeypatch.setattr(services, "run_enqueue", run_enqueue)
+    monkeypatch.setattr(runs, "run_enqueue", run_enqueue)
     return state
 
 
@@ -66,7 +68,7 @@ def die_in_step(onboarding, step_name, monkeypatch):
         raise WorkerDied()
 
     with monkeypatch.context() as m:
-        m.setattr(services, "execute", dies)
+        m.setattr(execution, "execute", dies)
         with pytest.raises(WorkerDied):
             step_execute(
                 onboarding_id=onboarding.pk,
@@ -135,6 +137,9 @@ def test_it_marks_the_step_interrupted_after_resuming_too_often(stuck, lost_brok
     assert (onboarding.status, onboarding.run_id, onboarding.steps_completed) == (OnboardingStatus.PARTIAL, None, 3)
     assert entry["status"] == "failed" and entry["error"]["type"] == "Interrupted"
     assert "interrupted" in entry["error"]["message"] and "continue" in entry["error"]["message"]
+    # and the attempt rows say who ended each attempt
+    found = StepAttempt.objects.filter(onboarding=onboarding, step=STEP_NAMES[3]).order_by("number")
+    assert [(a.outcome, a.ended_by) for a in found] == [("interrupted", "sweeper")] * 3
     assert_attempts_add_up(onboarding)
     # and continue works
     lost_broker["lose"] = False
@@ -205,7 +210,7 @@ def test_it_sends_again_a_run_that_never_reached_the_broker(settings, monkeypatc
         return False
 
     with monkeypatch.context() as m:
-        m.setattr(services, "run_enqueue", broker_down)
+        m.setattr(runs, "run_enqueue", broker_down)
         run = onboarding_start(onboarding=tenant.onboarding)
     run.refresh_from_db()
     assert run.enqueued_at is None

@@ -3,14 +3,9 @@
 import pytest
 
 from moran.errors import NoActiveRun, NothingToContinue, RunActive
+from provisioning.execution import step_execute
 from provisioning.models import Onboarding, ProvisioningRun, SandboxDocument, SandboxFault, StepLog
-from provisioning.services import (
-    onboarding_cancel,
-    onboarding_continue,
-    onboarding_retry,
-    onboarding_start,
-    step_execute,
-)
+from provisioning.runs import onboarding_cancel, onboarding_continue, onboarding_retry, onboarding_start
 from provisioning.steps import STEP_NAMES
 from tests.support.factories import make_tenant
 

@@ -1,12 +1,14 @@
 """The one writer of step state and the status rules of the brief."""
 
 import threading
+import uuid
 
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection
 
-from provisioning.models import Onboarding, OnboardingStatus, StepStatus
-from provisioning.state import ANY_RUN, Stale, derive, initial_steps, onboarding_write
+from provisioning import state
+from provisioning.models import Onboarding, OnboardingStatus, StepLog, StepStatus
+from provisioning.state import ANY_RUN, Changed, Stale, derive, initial_steps, now_iso, onboarding_write, step_log_row
 from provisioning.steps import STEP_NAMES
 from tests.support.factories import make_tenant
 
@@ -47,6 +49,18 @@ def steps_with(**statuses):
         ({"step_0": "completed", "step_1": "running"}, True, "IN_PROGRESS", ("IN_PROGRESS", "step_1_company", 1, 10)),
         ({"step_0": "completed", "step_1": "retrying"}, True, "IN_PROGRESS", ("IN_PROGRESS", "step_1_company", 1, 10)),
         ({"step_0": "completed"}, False, "CANCELLED", ("CANCELLED", "step_1_company", 1, 10)),
+        # the running (or retrying) step is current even when an earlier step is not done
+        (
+            {"step_0": "completed", "step_3": "running"},
+            True,
+            "IN_PROGRESS",
+            ("IN_PROGRESS", "step_3_chart_of_accounts", 1, 10),
+        ),
+        ({"step_2": "failed", "step_5": "retrying"}, True, "IN_PROGRESS", ("IN_PROGRESS", "step_5_warehouses", 0, 0)),
+        # skipped counts towards progress, not towards steps completed
+        ({"step_0": "completed", "step_6": "skipped"}, False, "IN_PROGRESS", ("PARTIAL", "step_1_company", 1, 20)),
+        ({"step_6": "skipped"}, False, "IN_PROGRESS", ("FAILED", "step_0_engine_check", 0, 10)),
+        ({"step_0": "completed"}, True, "CANCELLED", ("IN_PROGRESS", "step_1_company", 1, 10)),
     ],
 )
 def test_it_derives_status_current_step_and_progress(statuses, run_active, previous, expected):
@@ -87,7 +101,7 @@ def test_it_saves_a_copy_and_never_mutates_the_stored_dict_in_place():
         steps["step_0_engine_check"]["status"] = StepStatus.COMPLETED
         return steps
 
-    written = onboarding_write(onboarding.pk, run_id=ANY_RUN, change=change)
+    written, _ = onboarding_write(onboarding.pk, run_id=ANY_RUN, change=change)
     assert seen["same_object"] is False
     fresh = Onboarding.objects.get(pk=onboarding.pk)
     assert fresh.provisioning_steps["step_0_engine_check"]["status"] == "completed"
@@ -129,3 +143,165 @@ def test_two_concurrent_writers_do_not_lose_each_others_update():
     fresh = Onboarding.objects.get(pk=onboarding.pk)
     assert [fresh.provisioning_steps[n]["status"] for n in STEP_NAMES] == ["completed"] * 10
     assert (fresh.status, fresh.steps_completed, fresh.progress, fresh.version) == ("COMPLETED", 10, 100, 10)
+
+
+# --- the writer's edges -----------------------------------------------------------------------------------------------
+def flaky(monkeypatch, failures: int):
+    """The writer's transaction loses its connection ``failures`` times, then goes through; sleeps are recorded."""
+    real, calls, sleeps = state._onboarding_write, [], []
+
+    def write(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= failures:
+            raise OperationalError("server closed the connection unexpectedly")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(state, "_onboarding_write", write)
+    monkeypatch.setattr(state.time, "sleep", sleeps.append)
+    return calls, sleeps
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_reconnects_with_backoff_and_applies_the_write(monkeypatch, caplog):
+    # given a connection lost six times in a row (the most a write survives)
+    onboarding = make_tenant().onboarding
+    calls, sleeps = flaky(monkeypatch, failures=state.WRITE_RECONNECTS)
+    # when
+    written, _ = onboarding_write(onboarding.pk, run_id=ANY_RUN, change=lambda ob, steps: steps, log="after")
+    # then
+    assert len(calls) == 7 and sleeps == [0.25, 0.5, 1.0, 2.0, 4.0, 4.0]
+    assert written.version == onboarding.version + 1
+    lost = [r.getMessage() for r in caplog.records if "connection lost" in r.getMessage()]
+    assert lost == [f"database connection lost while writing onboarding {onboarding.pk}; reconnecting"] * 6
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_gives_up_after_its_reconnects(monkeypatch):
+    onboarding = make_tenant().onboarding
+    calls, sleeps = flaky(monkeypatch, failures=state.WRITE_RECONNECTS + 1)
+    with pytest.raises(OperationalError):
+        onboarding_write(onboarding.pk, run_id=ANY_RUN, change=lambda ob, steps: steps)
+    assert len(calls) == 7 and len(sleeps) == 6
+
+
+@pytest.mark.django_db
+def test_it_never_reconnects_inside_an_outer_transaction(monkeypatch):
+    # given a caller's transaction (the test's), which is lost with the connection
+    onboarding = make_tenant().onboarding
+    calls, sleeps = flaky(monkeypatch, failures=1)
+    with pytest.raises(OperationalError):
+        onboarding_write(onboarding.pk, run_id=ANY_RUN, change=lambda ob, steps: steps)
+    assert (len(calls), sleeps) == (1, [])
+
+
+@pytest.mark.django_db
+def test_a_write_for_no_run_is_refused_once_a_run_is_in_charge():
+    # given no run in charge: a write that expects none goes through
+    onboarding = make_tenant().onboarding
+    onboarding_write(onboarding.pk, run_id=None, change=lambda ob, steps: steps)
+    run_id = uuid.uuid4()
+    onboarding_write(onboarding.pk, run_id=ANY_RUN, change=lambda ob, steps: setattr(ob, "run_id", run_id) or steps)
+    # when / then
+    with pytest.raises(Stale, match=f"run None is not in charge of onboarding {onboarding.pk} \\(run {run_id} is\\)"):
+        onboarding_write(onboarding.pk, run_id=None, change=lambda ob, steps: steps)
+
+
+@pytest.fixture
+def announced(monkeypatch):
+    calls = []
+    monkeypatch.setattr(state, "onboarding_run_ended", lambda **kwargs: calls.append(kwargs))
+    return calls
+
+
+def start_a_run(onboarding):
+    run_id = uuid.uuid4()
+    onboarding_write(onboarding.pk, run_id=ANY_RUN, change=lambda ob, steps: setattr(ob, "run_id", run_id) or steps)
+    return run_id
+
+
+@pytest.mark.django_db
+def test_it_announces_a_run_end_once_with_the_end_state_and_logs_it_on_the_run(announced, caplog):
+    # given a run in charge, and writes that neither start nor end one
+    onboarding = make_tenant().onboarding
+    onboarding_write(onboarding.pk, run_id=ANY_RUN, change=lambda ob, steps: steps)
+    run_id = start_a_run(onboarding)
+    onboarding_write(onboarding.pk, run_id=run_id, change=lambda ob, steps: steps)
+    assert announced == []
+
+    # when a write of that run ends it
+    def end(ob, steps):
+        steps[STEP_NAMES[0]]["status"] = StepStatus.FAILED.value
+        state.run_end(ob, "stopped")
+        return steps
+
+    caplog.clear()
+    written, _ = onboarding_write(
+        onboarding.pk, run_id=str(run_id), change=end, log="it ended", log_step=STEP_NAMES[0], log_level="error"
+    )
+    # then
+    assert announced == [{"onboarding": written, "run_id": run_id, "status": "FAILED"}]
+    line = StepLog.objects.filter(onboarding=onboarding).last()
+    assert (line.message, line.run_id, line.step, line.level) == ("it ended", run_id, STEP_NAMES[0], "error")
+    record = next(r for r in caplog.records if r.getMessage() == "it ended")
+    assert (record.levelname, record.run_id, record.step, record.tenant) == (
+        "ERROR",
+        str(run_id),
+        STEP_NAMES[0],
+        onboarding.tenant_id,
+    )
+
+
+@pytest.mark.django_db
+def test_it_logs_a_write_on_the_run_in_charge_after_it(caplog):
+    # given an onboarding with no run in charge
+    onboarding = make_tenant().onboarding
+    run_id = uuid.uuid4()
+    # when a write for "no run" logs
+    onboarding_write(onboarding.pk, run_id=None, change=lambda ob, steps: steps, log="plain", log_level="warning")
+    # then its log line belongs to no run
+    line = StepLog.objects.filter(onboarding=onboarding).last()
+    assert (line.message, line.run_id, line.level, line.attempt) == ("plain", None, "warning", 0)
+    record = next(r for r in caplog.records if r.getMessage() == "plain")
+    assert record.levelname == "WARNING" and not record.run_id
+    # and a write that starts a run logs on it
+    onboarding_write(
+        onboarding.pk,
+        run_id=ANY_RUN,
+        change=lambda ob, steps: setattr(ob, "run_id", run_id) or steps,
+        log="started",
+        log_attempt=3,
+    )
+    line = StepLog.objects.filter(onboarding=onboarding).last()
+    assert (line.run_id, line.attempt, line.level) == (run_id, 3, "info")
+    assert next(r for r in caplog.records if r.getMessage() == "started").run_id == str(run_id)
+
+
+@pytest.mark.django_db
+def test_the_changes_result_and_log_come_back_from_the_writer():
+    onboarding = make_tenant().onboarding
+    written, result = onboarding_write(
+        onboarding.pk, run_id=ANY_RUN, change=lambda ob, steps: Changed(steps, result=42, log="decided"), log="default"
+    )
+    assert result == 42 and written.pk == onboarding.pk
+    assert StepLog.objects.filter(onboarding=onboarding).last().message == "decided"
+
+
+@pytest.mark.django_db
+def test_step_log_row_writes_a_line_on_the_run_in_charge():
+    onboarding = make_tenant().onboarding
+    run_id = start_a_run(onboarding)
+    onboarding.refresh_from_db()
+    step_log_row(onboarding, STEP_NAMES[2], 4, "a line", StepLog.Level.WARNING)
+    line = StepLog.objects.filter(onboarding=onboarding).last()
+    assert (line.run_id, line.step, line.attempt, line.message, line.level) == (
+        run_id,
+        STEP_NAMES[2],
+        4,
+        "a line",
+        "warning",
+    )
+
+
+def test_timestamps_are_utc_with_a_z():
+    stamp = now_iso()
+    assert stamp.endswith("Z") and "+00:00" not in stamp

@@ -9,9 +9,11 @@ import psycopg2
 import pytest
 from django.db import connection
 
-from provisioning import services
+from provisioning import execution, runs
+from provisioning.execution import step_execute
+from provisioning.locks import step_lease
 from provisioning.models import ProvisioningRun, StepLog
-from provisioning.services import onboarding_start, step_execute, step_lease
+from provisioning.runs import onboarding_start
 from provisioning.state import ANY_RUN, onboarding_write
 from provisioning.steps import STEP_NAMES
 from tests.support import workers
@@ -25,7 +27,7 @@ pytestmark = [pytest.mark.realpath, pytest.mark.django_db(transaction=True)]
 def run(monkeypatch):
     """A committed run whose messages go nowhere: the test delivers its steps by hand."""
     monkeypatch.setattr(
-        services,
+        runs,
         "run_enqueue",
         lambda *, run_id: ProvisioningRun.objects.filter(pk=run_id).update(enqueued_at="2026-01-01T00:00Z"),
     )
@@ -75,7 +77,7 @@ def test_a_redelivered_step_logs_the_lost_attempt_and_a_late_result_of_it_is_not
         raise Died()
 
     with monkeypatch.context() as m:
-        m.setattr(services, "execute", dies)
+        m.setattr(execution, "execute", dies)
         with pytest.raises(Died):
             deliver(run, STEP_NAMES[0])
     # when the message is delivered again
@@ -88,8 +90,13 @@ def test_a_redelivered_step_logs_the_lost_attempt_and_a_late_result_of_it_is_not
     assert_attempts_add_up(onboarding)
     # and a late result of attempt 1 (its worker was not dead after all) is not recorded
     before = onboarding.version
-    late = services._step_failed(
-        onboarding.pk, str(run.id), STEP_NAMES[0], 1, {"type": "X", "message": "late", "engine_status": None}
+    late = execution._finish(
+        onboarding.pk,
+        str(run.id),
+        STEP_NAMES[0],
+        1,
+        execution.StepOutcome.FAILED,
+        error={"type": "X", "message": "late", "engine_status": None},
     )
     assert late.kind == "stale"
     onboarding.refresh_from_db()
@@ -122,7 +129,7 @@ def test_a_write_survives_its_session_being_terminated(run):
     finally:
         other.close()
     # when the one writer writes
-    onboarding = onboarding_write(run.onboarding_id, run_id=ANY_RUN, change=lambda ob, steps: steps, log="after")
+    onboarding, _ = onboarding_write(run.onboarding_id, run_id=ANY_RUN, change=lambda ob, steps: steps, log="after")
     # then it reconnected and the write is there
     assert onboarding.version >= 2
     assert StepLog.objects.filter(onboarding_id=run.onboarding_id, message="after").count() == 1

@@ -30,8 +30,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from moran.errors import Conflict
-from provisioning.models import OnboardingStatus, ProvisioningRun
-from provisioning.webhooks.models import WebhookDelivery
+from provisioning.models import OnboardingStatus, ProvisioningRun, WebhookDelivery
 from tenants.models import Tenant
 
 logger = logging.getLogger("moran.notifications")

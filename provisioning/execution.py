@@ -1,0 +1,279 @@
+"""Step execution: one delivery of one step of a run, from its lease to its recorded end.
+
+Every transition goes through the one writer (:func:`provisioning.state.onboarding_write`), with the attempt's row
+and log lines in the same transaction. The engine is called outside any transaction or lock (except where a step
+asks to be serialized per engine).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+from dataclasses import dataclass
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+
+from provisioning.attempts import attempt_begin, attempt_close
+from provisioning.engines import engine_for
+from provisioning.engines.errors import EngineError
+from provisioning.locks import engine_lock, step_lease
+from provisioning.models import ProvisioningRun, StepAttempt, StepLog, StepStatus
+from provisioning.state import DONE, Changed, Stale, now_iso, onboarding_write, run_end, step_log_row
+from provisioning.steps import STEP_BY_NAME, STEP_NAMES, StepContext, StepFailed, TenantSpec, execute
+from tenants.models import Tenant
+
+logger = logging.getLogger("moran.provisioning")
+
+
+class StepOutcome(enum.StrEnum):
+    """What a delivery of a step came to, and so what its task does next."""
+
+    DONE = "done"  # recorded as completed (or found completed in this run): the chain goes on
+    RETRY = "retry"  # a transient error, recorded: the task retries after ``countdown``
+    SKIPPED = "skipped"  # an optional step failed, recorded: the chain goes on
+    FAILED = "failed"  # a required step failed, recorded: the chain stops
+    STALE = "stale"  # the run (or this attempt) is no longer in charge: nothing recorded, the chain stops
+    DUPLICATE = "duplicate"  # another delivery of this step is running it: this copy is dropped
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: StepOutcome
+    message: str = ""
+    countdown: float = 0.0
+
+
+@dataclass(frozen=True)
+class Finish:
+    """How an attempt that ended is recorded: the step's status, its log line and level, the attempt row's outcome,
+    and whether it ends the run (``end_run``; for a completed step only when it is the last one)."""
+
+    status: StepStatus
+    attempt: str
+    message: str
+    level: str
+    end_run: str | None = None
+
+
+FINISHES = {
+    StepOutcome.DONE: Finish(
+        StepStatus.COMPLETED,
+        StepAttempt.Outcome.COMPLETED,
+        "completed: {summary}",
+        StepLog.Level.INFO,
+        ProvisioningRun.Outcome.COMPLETED,
+    ),
+    StepOutcome.RETRY: Finish(
+        StepStatus.RETRYING,
+        StepAttempt.Outcome.RETRYING,
+        "transient error ({type}: {message}); retrying in {countdown:.1f} s",
+        StepLog.Level.WARNING,
+    ),
+    StepOutcome.SKIPPED: Finish(
+        StepStatus.SKIPPED,
+        StepAttempt.Outcome.SKIPPED,
+        "optional step skipped after an error ({type}: {message})",
+        StepLog.Level.WARNING,
+    ),
+    StepOutcome.FAILED: Finish(
+        StepStatus.FAILED,
+        StepAttempt.Outcome.FAILED,
+        "failed ({type}: {message})",
+        StepLog.Level.ERROR,
+        ProvisioningRun.Outcome.STOPPED,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class StepError:
+    error: dict  # {"type", "message", "engine_status"}, as the step state keeps it
+    transient: bool = False
+    retry_after: float | None = None
+
+
+def step_error(exc: BaseException, *, step_name: str) -> StepError:
+    """The one classifier: what an exception raised by a step means for the step."""
+    if isinstance(exc, StepFailed):
+        return StepError(exc.as_step_error())
+    if isinstance(exc, EngineError):
+        return StepError(exc.as_step_error(), exc.transient, exc.retry_after)
+    if isinstance(exc, (OperationalError, InterfaceError)):  # our database went away mid-step: worth another go
+        return StepError(_error(type(exc).__name__, "database connection lost"), transient=True)
+    if isinstance(exc, SoftTimeLimitExceeded):
+        limit = settings.STEP_SOFT_TIME_LIMIT
+        return StepError(_error("TimeLimitExceeded", f"the step ran past its soft time limit ({limit} s)"), True)
+    logger.error("step %s crashed", step_name, exc_info=exc)
+    return StepError(_error(type(exc).__name__, str(exc)[:500] or type(exc).__name__))
+
+
+def _error(kind: str, message: str) -> dict:
+    return {"type": kind, "message": message, "engine_status": None}
+
+
+def retry_countdown(retries: int, retry_after: float | None = None) -> float:
+    """Exponential backoff with full jitter, capped; a server's Retry-After is honoured as a floor."""
+    ceiling = min(settings.STEP_RETRY_BACKOFF_MAX, settings.STEP_RETRY_BACKOFF * (2**retries))
+    delay = random.uniform(ceiling / 2, ceiling)
+    if retry_after:
+        delay = max(delay, float(retry_after))
+    return delay
+
+
+def step_execute(*, onboarding_id: int, run_id: str, step_name: str, retries: int, max_retries: int) -> Outcome:
+    """Run one step for the run in charge. Records every transition through the one writer and returns what the task
+    must do next.
+
+    At most one delivery of a step of a run executes at a time: it holds the step's lease (:func:`step_lease`) from
+    before it begins until it recorded its end. A second delivery of the same step (a message redelivered while its
+    first delivery still runs, or a chain continued twice after a worker died between sending the next step and
+    acknowledging) finds the lease taken and stops ("duplicate"): the holder's own message stays unacknowledged
+    until it ends, so nothing is lost by dropping the copy.
+    """
+    with step_lease(run_id, step_name) as held:
+        if not held:
+            message = "a second delivery of this step was dropped: another worker is running it"
+            StepLog.objects.create(
+                onboarding_id=onboarding_id,
+                run_id=run_id,
+                step=step_name,
+                level=StepLog.Level.WARNING,
+                message=message,
+            )
+            logger.warning(message, extra={"run_id": str(run_id), "step": step_name, "onboarding": onboarding_id})
+            return Outcome(StepOutcome.DUPLICATE)
+        return _step_execute(
+            onboarding_id=onboarding_id, run_id=run_id, step_name=step_name, retries=retries, max_retries=max_retries
+        )
+
+
+def _step_begin(ob, steps, *, step_name: str):
+    """The writer's change that begins an attempt. Its result: the attempt's number, or None when the step already
+    ended in this run."""
+    entry = steps[step_name]
+    if entry["status"] in DONE and entry.get("run_id") == str(ob.run_id):
+        # Delivered again after it ended in this run (a worker died before acknowledging, or a chain continued
+        # twice): nothing to do but let the chain go on.
+        return Changed(steps, result=None)
+    if entry["status"] == StepStatus.RUNNING and entry.get("run_id") == str(ob.run_id):
+        # We hold the step's lease, so nobody runs the attempt that began: its worker was lost (killed, or its
+        # database session ended). Say so, so that every attempt has an end.
+        step_log_row(
+            ob,
+            step_name,
+            entry["attempts"],
+            f"attempt {entry['attempts']} interrupted: its worker was lost before it finished "
+            "(the step's message was delivered again)",
+            StepLog.Level.WARNING,
+        )
+        attempt_close(
+            ob, entry, step=step_name, outcome=StepAttempt.Outcome.INTERRUPTED, ended_by=StepAttempt.EndedBy.REDELIVERY
+        )
+    attempt = entry["attempts"] + 1
+    started_at = now_iso()
+    # In the same transaction as the attempt count, so the count, the rows and the log lines always agree.
+    step_log_row(ob, step_name, attempt, f"attempt {attempt} started")
+    attempt_begin(ob, step=step_name, number=attempt, started_at=started_at)
+    steps[step_name] = {
+        **entry,
+        "status": StepStatus.RUNNING.value,
+        "attempts": attempt,
+        "started_at": started_at,
+        "finished_at": None,
+        "run_id": str(ob.run_id),
+    }
+    return Changed(steps, result=attempt)
+
+
+def _step_execute(*, onboarding_id: int, run_id: str, step_name: str, retries: int, max_retries: int) -> Outcome:
+    step = STEP_BY_NAME[step_name]
+    try:
+        onboarding, attempt = onboarding_write(
+            onboarding_id, run_id=run_id, change=lambda ob, steps: _step_begin(ob, steps, step_name=step_name)
+        )
+    except Stale:
+        return Outcome(StepOutcome.STALE)
+    if attempt is None:
+        return Outcome(StepOutcome.DONE, "already completed in this run")
+    logger.info("attempt %s started", attempt, extra={"run_id": str(run_id), "step": step_name})
+
+    tenant = Tenant.objects.select_related("engine").get(pk=onboarding.tenant_id)
+    skipped = frozenset(n for n, e in onboarding.provisioning_steps.items() if e.get("status") == StepStatus.SKIPPED)
+    ctx = StepContext(
+        engine=engine_for(tenant.engine, tenant=tenant, step=step_name),
+        spec=TenantSpec.from_tenant(tenant),
+        skipped=skipped,
+    )
+    try:
+        if getattr(step, "serialize_per_engine", False):
+            # The one step that holds a lock while it talks to the engine: it read-modify-writes a document shared by
+            # every tenant of the engine (a fiscal year's company rows), and two tenants must not overwrite each other.
+            with engine_lock(tenant.engine_id):
+                result, done = execute(step, ctx)
+        else:
+            result, done = execute(step, ctx)
+    except Exception as exc:
+        failure = step_error(exc, step_name=step_name)
+    else:
+        summary = "; ".join(done) if done else "nothing to create"
+        return _finish(onboarding_id, run_id, step_name, attempt, StepOutcome.DONE, result=result, summary=summary)
+
+    error = failure.error
+    if failure.transient and retries < max_retries:
+        countdown = retry_countdown(retries, failure.retry_after)
+        return _finish(onboarding_id, run_id, step_name, attempt, StepOutcome.RETRY, error=error, countdown=countdown)
+    if failure.transient:
+        error = {**error, "message": f"gave up after {attempt} attempts: {error['message']}"}
+    kind = StepOutcome.SKIPPED if step.optional else StepOutcome.FAILED
+    return _finish(onboarding_id, run_id, step_name, attempt, kind, error=error)
+
+
+def _finish(
+    onboarding_id, run_id, step_name, attempt, kind: StepOutcome, *, error=None, result=None, summary="", countdown=0.0
+) -> Outcome:
+    """Record the end of attempt ``attempt`` as ``kind`` (one of :data:`FINISHES`)."""
+    rule = FINISHES[kind]
+    err = error or {}
+    message = rule.message.format(
+        summary=summary, type=err.get("type"), message=err.get("message"), countdown=countdown
+    )
+    end_run = rule.end_run
+    if kind == StepOutcome.DONE and step_name != STEP_NAMES[-1]:
+        end_run = None  # only the last step's completion ends the run
+
+    def change(ob, steps):
+        entry = steps[step_name]
+        if entry["status"] != StepStatus.RUNNING or entry["attempts"] != attempt:
+            # Fenced per attempt: a later attempt of this step began (this one was taken for lost), so this late
+            # result is not recorded; the later attempt records its own.
+            raise Stale(f"attempt {attempt} of {step_name} is no longer the step's current attempt")
+        attempt_close(ob, entry, step=step_name, outcome=rule.attempt, error=error)
+        steps[step_name] = {
+            **entry,
+            "status": rule.status.value,
+            "error": error,
+            "finished_at": now_iso(),
+            **({"result": result} if result is not None else {}),
+        }
+        if end_run:
+            run_end(ob, end_run)
+            if end_run == ProvisioningRun.Outcome.COMPLETED:
+                Tenant.objects.filter(pk=ob.tenant_id).update(status=Tenant.Status.ACTIVE)
+        return steps
+
+    try:
+        onboarding_write(
+            onboarding_id,
+            run_id=run_id,
+            change=change,
+            log=message,
+            log_step=step_name,
+            log_level=rule.level,
+            log_attempt=attempt,
+        )
+    except Stale:
+        return Outcome(StepOutcome.STALE)
+    return Outcome(kind, summary if kind == StepOutcome.DONE else err.get("message", ""), countdown)
