@@ -38,6 +38,7 @@ def engine_register(
     verify_tls: bool = True,
     connect_timeout: float | None = None,
     read_timeout: float | None = None,
+    max_concurrency: int | None = None,
 ) -> tuple[EngineConnection, dict, bool]:
     """Check an ERPNext engine and save its connection (updating the one of that name). Returns the connection, what
     the check found, and whether it was created. Nothing is saved when the check fails.
@@ -59,10 +60,8 @@ def engine_register(
     for field, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
         if value is not None and value <= 0:
             errors[field] = ["A number of seconds above 0"]
-    if errors:
-        raise InvalidInput(
-            "Invalid engine: " + "; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()), fields=errors
-        )
+    errors.update(_max_concurrency_errors(max_concurrency))
+    _raise_invalid(errors)
     connection = EngineConnection.objects.filter(name=name).first() or EngineConnection(name=name)
     if connection.pk and connection.kind != EngineConnection.Kind.ERPNEXT:
         raise InvalidInput(f"Engine '{name}' is a {connection.kind} engine; choose another name")
@@ -75,7 +74,48 @@ def engine_register(
         connection.connect_timeout = connect_timeout
     if read_timeout is not None:
         connection.read_timeout = read_timeout
+    if max_concurrency is not None:
+        connection.max_concurrency = max_concurrency
     found = engine_check(connection=connection)
     created = connection.pk is None
     connection.save()
     return connection, found, created
+
+
+def engine_register_sandbox(*, name: str, max_concurrency: int | None = None) -> tuple[EngineConnection, bool]:
+    """Save a sandbox engine (updating the one of that name), so operators can rehearse a batch without a server.
+    Returns the connection and whether it was created."""
+    errors = {}
+    try:
+        validate_slug(name or "")
+    except ValidationError:
+        errors["name"] = ["Use letters, digits, hyphens and underscores"]
+    errors.update(_max_concurrency_errors(max_concurrency))
+    _raise_invalid(errors)
+    connection = EngineConnection.objects.filter(name=name).first() or EngineConnection(name=name)
+    if connection.pk and connection.kind != EngineConnection.Kind.SANDBOX:
+        raise InvalidInput(f"Engine '{name}' is a {connection.kind} engine; choose another name")
+    connection.kind = EngineConnection.Kind.SANDBOX
+    if max_concurrency is not None:
+        connection.max_concurrency = max_concurrency
+    created = connection.pk is None
+    connection.save()
+    return connection, created
+
+
+def _max_concurrency_errors(value: int | None) -> dict:
+    field = EngineConnection._meta.get_field("max_concurrency")
+    if value is None:
+        return {}
+    try:
+        field.run_validators(value)
+    except ValidationError:
+        return {"max_concurrency": ["A whole number of steps from 1 to 64"]}
+    return {}
+
+
+def _raise_invalid(errors: dict) -> None:
+    if errors:
+        raise InvalidInput(
+            "Invalid engine: " + "; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()), fields=errors
+        )

@@ -67,6 +67,8 @@ class _Moved(Exception):
 
 
 def _since(entry: dict) -> dt.datetime | None:
+    if entry["status"] == StepStatus.WAITING:  # like a retry: its next delivery is a message in the queue
+        return parse_datetime(entry.get("waiting_since") or "") or None
     stamp = (
         entry["started_at"] if entry["status"] == StepStatus.RUNNING else entry["finished_at"] or entry["started_at"]
     )
@@ -94,7 +96,9 @@ def diagnose(onboarding: Onboarding, run: ProvisioningRun, *, now: dt.datetime) 
             age = (now - since).total_seconds() if since else float("inf")
             if age < settings.SWEEP_STEP_DEADLINE:
                 return None  # a step in flight, within its deadline
-            verb = "running" if entry["status"] == StepStatus.RUNNING else "waiting for a retry"
+            verb = {StepStatus.RUNNING: "running", StepStatus.WAITING: "waiting for engine capacity"}.get(
+                entry["status"], "waiting for a retry"
+            )
             return Problem(
                 "stuck",
                 name,

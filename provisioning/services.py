@@ -18,6 +18,7 @@ from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from moran.errors import NoActiveRun, NothingToContinue, RunActive
+from provisioning.capacity import engine_slot, requeue_countdown, step_mark_waiting
 from provisioning.engines import engine_for
 from provisioning.engines.errors import EngineError
 from provisioning.models import Onboarding, OnboardingStatus, ProvisioningRun, RunKind, StepLog, StepStatus
@@ -231,7 +232,7 @@ def run_enqueue(*, run_id) -> bool:
 # --- step execution ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Outcome:
-    kind: str  # "done" | "stale" | "duplicate" | "retry" | "failed" | "skipped"
+    kind: str  # "done" | "stale" | "duplicate" | "retry" | "wait" | "failed" | "skipped"
     message: str = ""
     countdown: float = 0.0
 
@@ -267,9 +268,25 @@ def step_execute(*, onboarding_id: int, run_id: str, step_name: str, retries: in
                 StepLog.Level.WARNING,
             )
             return Outcome("duplicate")
-        return _step_execute(
-            onboarding_id=onboarding_id, run_id=run_id, step_name=step_name, retries=retries, max_retries=max_retries
-        )
+        # --- engine capacity (provisioning/capacity.py): the attempt holds a slot of its engine from before it
+        # begins until its end is recorded; without one within a short wait, the step waits in the queue instead.
+        with engine_slot(onboarding_id=onboarding_id, step_name=step_name) as slot:
+            if not slot.held:
+                try:
+                    step_mark_waiting(
+                        onboarding_id=onboarding_id, run_id=run_id, step_name=step_name, reason=slot.reason
+                    )
+                except Stale:
+                    return Outcome("stale")
+                return Outcome("wait", slot.reason, requeue_countdown())
+            # --- end of engine capacity
+            return _step_execute(
+                onboarding_id=onboarding_id,
+                run_id=run_id,
+                step_name=step_name,
+                retries=retries,
+                max_retries=max_retries,
+            )
 
 
 def _step_execute(*, onboarding_id: int, run_id: str, step_name: str, retries: int, max_retries: int) -> Outcome:

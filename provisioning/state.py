@@ -25,7 +25,7 @@ from provisioning.steps import STEP_BY_NAME, STEPS, TOTAL_STEPS
 logger = logging.getLogger("moran.provisioning")
 
 DONE = {StepStatus.COMPLETED, StepStatus.SKIPPED}
-ACTIVE = {StepStatus.RUNNING, StepStatus.RETRYING}
+ACTIVE = {StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.WAITING}
 
 #: pass as ``run_id`` to write whatever run is in charge (operator actions).
 ANY_RUN = object()

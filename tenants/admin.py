@@ -21,6 +21,7 @@ from django.views.decorators.http import require_POST
 
 from moran.errors import DomainError, InvalidInput
 from provisioning.admin import progress_bar, status_badge
+from provisioning.capacity import engine_slots_in_use
 from provisioning.models import Onboarding, ProvisioningRun, StepLog
 from provisioning.services import onboarding_start
 from tenants.models import EngineConnection, Tenant
@@ -44,7 +45,16 @@ class EngineConnectionForm(forms.ModelForm):
     class Meta:
         model = EngineConnection
         # Listed, not excluded: a field added to the model later must not appear here by accident. Never api_secret.
-        fields = ["name", "kind", "base_url", "api_key", "verify_tls", "connect_timeout", "read_timeout"]
+        fields = [
+            "name",
+            "kind",
+            "base_url",
+            "api_key",
+            "verify_tls",
+            "connect_timeout",
+            "read_timeout",
+            "max_concurrency",
+        ]
 
     def clean(self):
         cleaned = super().clean()
@@ -68,17 +78,28 @@ def report_connection_test(request, connection: EngineConnection) -> None:
 @admin.register(EngineConnection)
 class EngineConnectionAdmin(admin.ModelAdmin):
     form = EngineConnectionForm
-    list_display = ["name", "kind", "base_url", "api_key", "secret_state", "verify_tls", "tenant_count", "updated_at"]
+    list_display = [
+        "name",
+        "kind",
+        "base_url",
+        "api_key",
+        "secret_state",
+        "verify_tls",
+        "slots_col",
+        "tenant_count",
+        "updated_at",
+    ]
     list_filter = ["kind"]
     search_fields = ["name", "base_url"]
     actions = ["test_connection_action"]
     change_form_template = "admin/tenants/engineconnection/change_form.html"
     fieldsets = [
         (None, {"fields": ["name", "kind", "base_url", "verify_tls", "connect_timeout", "read_timeout"]}),
+        ("Capacity", {"fields": ["max_concurrency", "slots_col"]}),
         ("Credentials", {"fields": ["api_key", "secret_state", "new_api_secret", "clear_api_secret"]}),
         ("Record", {"fields": ["created_at", "updated_at"]}),
     ]
-    readonly_fields = ["secret_state", "created_at", "updated_at"]
+    readonly_fields = ["secret_state", "slots_col", "created_at", "updated_at"]
 
     class Media:
         css = {"all": ["provisioning/admin.css"]}
@@ -90,6 +111,24 @@ class EngineConnectionAdmin(admin.ModelAdmin):
     def secret_state(self, obj):
         # Whether one is stored, never what it is.
         return "set" if obj and obj.api_secret else "not set"
+
+    def get_changelist_instance(self, request):
+        changelist = super().get_changelist_instance(request)
+        # One read of the lock table for the whole page, not one per engine.
+        changelist.result_list = list(changelist.result_list)
+        in_use = engine_slots_in_use(changelist.result_list)
+        for engine in changelist.result_list:
+            engine.slots_now = in_use.get(engine.pk)
+        return changelist
+
+    @admin.display(description="slots in use")
+    def slots_col(self, obj):
+        if obj is None or obj.pk is None:
+            return "-"
+        in_use = obj.slots_now if hasattr(obj, "slots_now") else engine_slots_in_use([obj]).get(obj.pk)
+        if in_use is None:  # the embedded mode (SQLite) runs one step at a time: no slots to count
+            return f"max {obj.max_concurrency}"
+        return f"{in_use} of {obj.max_concurrency}"
 
     @admin.display(description="tenants", ordering="tenant_total")
     def tenant_count(self, obj):

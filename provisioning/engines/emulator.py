@@ -12,13 +12,14 @@ server.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import random
 import re
 import string
 import threading
+import time
+import uuid
 from typing import Any, Protocol
 
 from provisioning.currencies import ISO_4217
@@ -274,6 +275,11 @@ DEFAULT_DEPARTMENTS = (
     "Legal",
 )
 
+#: the store's rows of the Company creates in flight (not a doctype of the API).
+FLIGHT_DOCTYPE = "Company Creation"
+#: how often a Company create looks again at how many others run beside it (seconds).
+FLIGHT_TICK = 0.05
+
 DEFAULT_COMPANY = "Moran Sandbox"
 DEFAULT_ABBR = "MS"
 
@@ -295,6 +301,10 @@ class Store(Protocol):
     def atomic(self):
         """A context in which several writes succeed or fail together."""
 
+    def lock_site(self) -> None:
+        """Inside ``atomic()``: wait for every other writer that took this lock to end, and hold it until this one
+        ends (what ERPNext's ``for_update`` of a shared document does)."""
+
 
 class MemoryStore:
     """A thread-safe in-memory store, for the HTTP test server and unit tests."""
@@ -302,6 +312,8 @@ class MemoryStore:
     def __init__(self):
         self._docs: dict[tuple[str, str], dict] = {}
         self._lock = threading.Lock()
+        # One writer at a time inside atomic(), as a database's row locks would have it.
+        self._atomic = threading.RLock()
 
     def get(self, doctype, name):
         with self._lock:
@@ -327,7 +339,10 @@ class MemoryStore:
             return [json.loads(json.dumps(d)) for (t, _), d in self._docs.items() if t == doctype]
 
     def atomic(self):
-        return contextlib.nullcontext()
+        return self._atomic
+
+    def lock_site(self):
+        pass  # atomic() already lets one writer in at a time
 
 
 def _now() -> str:
@@ -375,11 +390,14 @@ class ERPNextEmulator:
         today: dt.date | None = None,
         default_company: dict | None = None,
         fiscal_years: tuple[str, ...] = (),
+        company_latency: float = 0.0,
     ):
         """``default_company`` (company_name, abbr, default_currency, country) is the company the setup wizard made,
         the API user's default; ``fiscal_years``: calendar-year labels that exist with no company rows. Both apply
-        only when the store is bootstrapped (a new site)."""
+        only when the store is bootstrapped (a new site). ``company_latency``: the seconds a Company create takes
+        when it runs alone (a real ERPNext takes about 2.5 s); concurrent creates share the site and take longer."""
         self.store = store
+        self.company_latency = company_latency
         self.user = user
         self._today = today
         self._seed_company = default_company or {
@@ -591,6 +609,8 @@ class ERPNextEmulator:
         creator = getattr(self, "_create_" + doctype.lower().replace(" ", "_"), None)
         if creator is None and doctype in GROUP_ROOTS:
             creator = lambda d: self._create_group(doctype, d)  # noqa: E731
+        if doctype == "Company":
+            return self._insert_company(doc)
         if creator is not None:
             # A document and what it brings along (a company's chart, warehouses...) are saved together.
             with self.store.atomic():
@@ -679,6 +699,59 @@ class ERPNextEmulator:
             )
         self._require_link("Company", doc["company"], "Company")
         return self.store.get("Company", doc["company"])
+
+    # --- company creation: slow, and racy when concurrent ------------------------------------------------------
+    def _insert_company(self, doc):
+        """A Company create as ERPNext runs it. It is slow (the chart of accounts, warehouses, departments...), slower
+        still beside other creates (they share the site), and it runs under REPEATABLE READ: its ``on_update`` adds a
+        row to the one shared "Cash" Mode of Payment and validates every row's account against its own snapshot, so a
+        company that another create committed while this one ran has a row whose account this create cannot see:
+        417 ``LinkValidationError``, and nothing of this company is saved. Serialized creates never fail this way.
+
+        While it runs, the create is an "in-flight" row of the store (``Company Creation``), so that every process
+        sharing the store knows how many creates run at once."""
+        name = (doc.get("company_name") or "").strip()
+        snapshot = {c["name"] for c in self.store.rows("Company")}
+        if not name or name in snapshot:  # refused before the slow part (417 / 409), as ERPNext does
+            with self.store.atomic():
+                return self._create_company(doc)
+        flight = self._flight_begin(name)
+        try:
+            self._company_work()
+            with self.store.atomic():
+                # The shared "Cash" Mode of Payment, loaded for update: a create that committed meanwhile is seen
+                # there, while its accounts are not in this create's snapshot.
+                self.store.lock_site()
+                committed = [c for c in self.store.rows("Company") if c["name"] not in snapshot]
+                if committed:
+                    raise EngineValidationError(
+                        f"Could not find Row #{len(snapshot) + 1}: Default Account: Cash - {committed[0]['abbr']}",
+                        status=417,
+                        exc_type="LinkValidationError",
+                    )
+                return self._create_company(doc)
+        finally:
+            self.store.remove(FLIGHT_DOCTYPE, flight)
+
+    def _flight_begin(self, company: str) -> str:
+        flight = uuid.uuid4().hex
+        self.store.add(FLIGHT_DOCTYPE, flight, {"name": flight, "company": company, "started": time.time()})
+        return flight
+
+    def companies_in_flight(self) -> int:
+        """How many Company creates run now (a create whose process died is forgotten after a while)."""
+        horizon = time.time() - max(60.0, 20 * self.company_latency)
+        return sum(1 for row in self.store.rows(FLIGHT_DOCTYPE) if row.get("started", 0) >= horizon)
+
+    def _company_work(self) -> None:
+        """``company_latency`` seconds of work, at a share of the site's time that shrinks with every other create
+        in flight (N creates at once take about N times as long each)."""
+        remaining = self.company_latency
+        while remaining > 0:
+            share = 1 / max(1, self.companies_in_flight())
+            tick = min(FLIGHT_TICK, remaining / share)
+            time.sleep(tick)
+            remaining -= tick * share
 
     def _create_company(self, doc):
         name = (doc.get("company_name") or "").strip()

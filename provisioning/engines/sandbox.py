@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import time
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
 from provisioning.engines.emulator import DuplicateName, ERPNextEmulator
-from provisioning.engines.errors import EngineTransientError, EngineValidationError
+from provisioning.engines.errors import EngineTransientError, EngineValidationError, concurrent_company_error
 from provisioning.models import SandboxDocument, SandboxFault
 
 
@@ -52,6 +53,11 @@ class DatabaseStore:
     def atomic(self):
         return transaction.atomic()
 
+    def lock_site(self):
+        # A row lock on the site's settings, held until the transaction ends; the reads after it see what the
+        # writers before it committed (READ COMMITTED).
+        list(self._docs("System Settings").select_for_update().values_list("pk", flat=True))
+
 
 class SandboxEngine:
     """The :class:`~provisioning.engines.base.Engine` of a sandbox connection, bound to one tenant and step so that
@@ -63,7 +69,7 @@ class SandboxEngine:
         self.name = connection.name
         self.tenant = tenant
         self.step = step
-        self.site = ERPNextEmulator(DatabaseStore(connection.name))
+        self.site = ERPNextEmulator(DatabaseStore(connection.name), company_latency=settings.SANDBOX_COMPANY_LATENCY)
         # The tenant's faults, read once per engine (one engine serves one step attempt); consumed in the database.
         self._faults = (
             list(SandboxFault.objects.filter(tenant=tenant).values("id", "step", "kind", "latency_ms"))
@@ -115,7 +121,13 @@ class SandboxEngine:
 
     def insert(self, doctype, doc):
         self._before_call()
-        return self.site.insert(doctype, doc)
+        try:
+            return self.site.insert(doctype, doc)
+        except EngineValidationError as exc:
+            classified = concurrent_company_error(doctype, exc)  # as the ERPNext client classifies it
+            if classified is exc:
+                raise
+            raise classified from None
 
     def update(self, doctype, name, changes):
         self._before_call()

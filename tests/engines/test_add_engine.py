@@ -22,7 +22,9 @@ def test_it_checks_the_engine_and_saves_the_connection(frappe, secret_env):
     code, out, err = run("add_engine", "lab", "--url", frappe.url, "--api-key", frappe.api_key)
     # then
     assert (code, err) == (0, "")
-    assert out.strip() == (f"engine lab added: {frappe.url} (ERPNext 15.71.1, Frappe 15.75.0, API user Administrator)")
+    assert out.strip() == (
+        f"engine lab added: {frappe.url} (ERPNext 15.71.1, Frappe 15.75.0, API user Administrator, max concurrency 4)"
+    )
     connection = EngineConnection.objects.get(name="lab")
     assert (connection.kind, connection.base_url, connection.api_key, connection.verify_tls) == (
         "erpnext",
