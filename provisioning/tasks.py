@@ -44,9 +44,12 @@ def _make_step_task(step_name: str):
         if outcome.kind == "retry":
             raise self.retry(countdown=outcome.countdown, max_retries=self.max_retries + waits)
         if outcome.kind == "wait":
-            # Back to the queue, the rest of the chain attached (``retry`` keeps it), without using an attempt.
+            # Back to the queue, the rest of the chain attached (``retry`` keeps it), without using an attempt; and
+            # never "too many" (Celery reads max_retries=None as the task's default, so the limit is set past it).
             raise self.retry(
-                countdown=outcome.countdown, max_retries=None, kwargs={**self.request.kwargs, "waits": waits + 1}
+                countdown=outcome.countdown,
+                max_retries=self.request.retries + 1,
+                kwargs={**self.request.kwargs, "waits": waits + 1},
             )
         if outcome.kind == "failed":
             raise StepFailedError(f"{tenant}: {step_name} failed: {outcome.message}")

@@ -310,33 +310,39 @@ class MemoryStore:
     """A thread-safe in-memory store, for the HTTP test server and unit tests."""
 
     def __init__(self):
-        self._docs: dict[tuple[str, str], dict] = {}
+        self._docs: dict[str, dict[str, dict]] = {}  # doctype -> name -> document
         self._lock = threading.Lock()
         # One writer at a time inside atomic(), as a database's row locks would have it.
         self._atomic = threading.RLock()
 
     def get(self, doctype, name):
         with self._lock:
-            doc = self._docs.get((doctype, name))
+            doc = self._docs.get(doctype, {}).get(name)
             return json.loads(json.dumps(doc)) if doc is not None else None
 
     def add(self, doctype, name, doc):
         with self._lock:
-            if (doctype, name) in self._docs:
+            docs = self._docs.setdefault(doctype, {})
+            if name in docs:
                 raise DuplicateName(name)
-            self._docs[(doctype, name)] = json.loads(json.dumps(doc))
+            docs[name] = json.loads(json.dumps(doc))
 
     def put(self, doctype, name, doc):
         with self._lock:
-            self._docs[(doctype, name)] = json.loads(json.dumps(doc))
+            self._docs.setdefault(doctype, {})[name] = json.loads(json.dumps(doc))
 
     def remove(self, doctype, name):
         with self._lock:
-            return self._docs.pop((doctype, name), None) is not None
+            return self._docs.get(doctype, {}).pop(name, None) is not None
 
     def rows(self, doctype, match=None):
         with self._lock:
-            return [json.loads(json.dumps(d)) for (t, _), d in self._docs.items() if t == doctype]
+            docs = [
+                d
+                for d in self._docs.get(doctype, {}).values()
+                if all(d.get(field) == value for field, value in (match or {}).items())
+            ]
+            return json.loads(json.dumps(docs))
 
     def atomic(self):
         return self._atomic

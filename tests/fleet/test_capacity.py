@@ -8,6 +8,7 @@ import threading
 
 import pytest
 from django.db import connection
+from django.urls import reverse
 from django.utils import timezone
 
 from provisioning import services
@@ -160,3 +161,38 @@ def test_it_records_a_step_waiting_for_capacity_once_and_the_sweeper_waits_for_i
     problem = diagnose(onboarding, run, now=later)
     assert (problem.kind, problem.step) == ("stuck", "step_0_engine_check")
     assert "waiting for engine capacity" in problem.detail
+
+
+def test_the_engine_pages_show_the_capacity_and_the_slots_in_use(admin_client, engine, onboardings):
+    # given one step of the engine in flight
+    holder = Holder(onboardings[0].pk, "step_4_cost_centers")
+    try:
+        # when
+        listing = admin_client.get(reverse("admin:tenants_engineconnection_changelist"))
+        page = admin_client.get(reverse("admin:tenants_engineconnection_change", args=[engine.pk]))
+    finally:
+        holder.release()
+    # then
+    assert "1 of 2" in listing.content.decode()
+    assert "1 of 2" in page.content.decode()
+    assert 'name="max_concurrency"' in page.content.decode()
+
+
+def test_the_capacity_is_edited_in_the_admin(admin_client, engine):
+    # when
+    response = admin_client.post(
+        reverse("admin:tenants_engineconnection_change", args=[engine.pk]),
+        {
+            "name": engine.name,
+            "kind": engine.kind,
+            "base_url": "",
+            "api_key": "",
+            "connect_timeout": 5,
+            "read_timeout": 60,
+            "max_concurrency": 6,
+        },
+    )
+    # then
+    assert response.status_code == 302
+    engine.refresh_from_db()
+    assert engine.max_concurrency == 6

@@ -500,6 +500,9 @@ class FrappeTestServer:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # The headers and the body go out in two writes: without TCP_NODELAY the client's delayed ACK holds every answer
+    # back by ~40 ms.
+    disable_nagle_algorithm = True
     server_app: FrappeTestServer
 
     def _serve(self):
