@@ -7,9 +7,10 @@ session ends (a killed worker frees its slot at once, like a step's lease).
 
 Company creation runs at most one at a time per engine (ERPNext validates the shared "Cash" Mode of Payment's rows
 under REPEATABLE READ, so two companies created at once make one of them fail): ``step_1_company`` also takes the
-engine's company-creation lock, for as long as its attempt holds its slot. Taking it only around the create call
-would make a step that finds it taken either sleep in its worker while it holds a slot, or give up an attempt that
-already began; the step's other calls are about 150 ms of its ~2.7 s.
+engine's company-creation lock before its attempt begins, and the engine gives it back as soon as its Company create
+call returns (:func:`company_creation_done`), so the step's look-again does not hold up the next tenant's create.
+Taking the lock only at the create call would make a step that finds it taken either sleep in its worker while it
+holds a slot, or give up an attempt that already began.
 
 A step that cannot get what it needs within ``CAPACITY_WAIT`` seconds does not wait in its worker: the step is marked
 ``waiting`` ("waiting for engine capacity") and its task goes back to the queue with a countdown that does not count
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
+import threading
 import time
 from dataclasses import dataclass
 
@@ -72,13 +74,23 @@ def _unlock(key: int) -> None:
         pass  # the session is gone, and its locks with it
 
 
+#: the company-creation lock held by this thread's database session (Django's connections are per thread), if any.
+_held = threading.local()
+
+
+def _company_held() -> set[int]:
+    if not hasattr(_held, "company"):
+        _held.company = set()
+    return _held.company
+
+
 @dataclass(frozen=True)
 class Grant:
     """What a step holds (or, when ``held`` is False, why it must wait)."""
 
     held: bool
     reason: str = ""
-    keys: tuple[int, ...] = ()
+    slot: int | None = None
 
 
 def _acquire(keys: list[int], company: int | None, deadline: float) -> Grant:
@@ -88,7 +100,9 @@ def _acquire(keys: list[int], company: int | None, deadline: float) -> Grant:
         if slot is None:
             slot = next((k for k in random.sample(keys, len(keys)) if _try_lock(k)), None)
         if slot is not None and (company is None or _try_lock(company)):
-            return Grant(True, keys=(slot,) if company is None else (slot, company))
+            if company is not None:
+                _company_held().add(company)
+            return Grant(True, slot=slot)
         if time.monotonic() >= deadline:
             if slot is not None:
                 _unlock(slot)
@@ -116,8 +130,17 @@ def engine_slot(*, onboarding_id: int, step_name: str, wait: float | None = None
     try:
         yield grant
     finally:
-        for key in reversed(grant.keys):
-            _unlock(key)
+        company_creation_done()
+        if grant.slot is not None:
+            _unlock(grant.slot)
+
+
+def company_creation_done() -> None:
+    """The engine's Company create call returned (created, refused or failed): give the company-creation lock back
+    now, not at the end of the step. Does nothing when this session holds none."""
+    held = _company_held()
+    while held:
+        _unlock(held.pop())
 
 
 def requeue_countdown() -> float:

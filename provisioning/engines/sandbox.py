@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
+from provisioning.capacity import company_creation_done
 from provisioning.engines.emulator import DuplicateName, ERPNextEmulator
 from provisioning.engines.errors import EngineTransientError, EngineValidationError, concurrent_company_error
 from provisioning.models import SandboxDocument, SandboxFault
@@ -128,6 +129,9 @@ class SandboxEngine:
             if classified is exc:
                 raise
             raise classified from None
+        finally:
+            if doctype == "Company":
+                company_creation_done()  # the next tenant's create may start while this step looks again
 
     def update(self, doctype, name, changes):
         self._before_call()

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 
 import pytest
 from django.utils import timezone
 
-from provisioning.models import Onboarding, OnboardingStatus, StepLog
+from provisioning.models import Onboarding, OnboardingStatus
 from provisioning.services import onboarding_start
 from tenants.models import EngineConnection
 from tests.support.factories import make_tenant
@@ -95,11 +96,13 @@ def run_mode(queue: str, *, capped: bool, limit_box: dict) -> dict:
             worker.stop()
         server.stop()
     completed = sum(1 for o in onboardings if o.status == OnboardingStatus.COMPLETED)
-    for o in onboardings:
-        if o.status != OnboardingStatus.COMPLETED:
-            step = o.provisioning_steps.get(o.current_step or "", {})
-            last = StepLog.objects.filter(onboarding=o).order_by("-id").values_list("message", flat=True)[:3]
-            print(f"FLEET not completed: {o.tenant.slug} {o.status} at {o.current_step} {step} last: {list(last)}")
+    stopped = Counter(
+        (o.status, o.current_step, o.provisioning_steps.get(o.current_step or "", {}).get("status"))
+        for o in onboardings
+        if o.status != OnboardingStatus.COMPLETED
+    )
+    for (status, step, step_status), count in sorted(stopped.items(), key=str):
+        print(f"FLEET {'capped' if capped else 'uncapped'} not completed: {count} {status} at {step} ({step_status})")
     return {
         "mode": "capped" if capped else "uncapped",
         "tenants": TENANTS,

@@ -196,3 +196,23 @@ def test_the_capacity_is_edited_in_the_admin(admin_client, engine):
     assert response.status_code == 302
     engine.refresh_from_db()
     assert engine.max_concurrency == 6
+
+
+def test_it_gives_the_company_lock_back_once_the_create_returns(engine, onboardings):
+    # given a company step holding its slot and the company-creation lock
+    from provisioning.engines import engine_for
+
+    with engine_slot(onboarding_id=onboardings[0].pk, step_name="step_1_company", wait=0) as grant:
+        assert grant.held
+        waiting = Holder(onboardings[1].pk, "step_1_company")
+        waiting.release()
+        assert not waiting.held
+        # when its engine's Company create returns
+        engine_for(engine).insert(
+            "Company", {"company_name": "Early Ltd", "abbr": "EL", "default_currency": "EUR", "country": "Germany"}
+        )
+        # then the next company step may begin while this one still holds its slot (to look again)
+        assert engine_slots_in_use([engine]) == {engine.pk: 1}
+        following = Holder(onboardings[1].pk, "step_1_company")
+        following.release()
+        assert following.held
