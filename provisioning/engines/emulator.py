@@ -5,7 +5,7 @@ the duplicates it rejects (409 ``DuplicateEntryError``) and the ones it accepts 
 link validation (417), the global fiscal-year labels and overlaps, the silent fill of a missing ``company`` from the
 default company, the default warehouses, cost centers and accounts a new company gets, and the deterministic 500s.
 
-The state lives in a *store* (:class:`MemoryStore`, or the database store of the sandbox engine), so the same rules
+The state lives in a *store* (the database store of the sandbox engine, or the tests' in-memory one), so the same rules
 serve the sandbox engine (shared by every worker process through the database) and the Frappe-compatible HTTP test
 server.
 """
@@ -17,7 +17,6 @@ import json
 import random
 import re
 import string
-import threading
 import time
 import uuid
 from typing import Any, Protocol
@@ -304,51 +303,6 @@ class Store(Protocol):
     def lock_site(self) -> None:
         """Inside ``atomic()``: wait for every other writer that took this lock to end, and hold it until this one
         ends (what ERPNext's ``for_update`` of a shared document does)."""
-
-
-class MemoryStore:
-    """A thread-safe in-memory store, for the HTTP test server and unit tests."""
-
-    def __init__(self):
-        self._docs: dict[str, dict[str, dict]] = {}  # doctype -> name -> document
-        self._lock = threading.Lock()
-        # One writer at a time inside atomic(), as a database's row locks would have it.
-        self._atomic = threading.RLock()
-
-    def get(self, doctype, name):
-        with self._lock:
-            doc = self._docs.get(doctype, {}).get(name)
-            return json.loads(json.dumps(doc)) if doc is not None else None
-
-    def add(self, doctype, name, doc):
-        with self._lock:
-            docs = self._docs.setdefault(doctype, {})
-            if name in docs:
-                raise DuplicateName(name)
-            docs[name] = json.loads(json.dumps(doc))
-
-    def put(self, doctype, name, doc):
-        with self._lock:
-            self._docs.setdefault(doctype, {})[name] = json.loads(json.dumps(doc))
-
-    def remove(self, doctype, name):
-        with self._lock:
-            return self._docs.get(doctype, {}).pop(name, None) is not None
-
-    def rows(self, doctype, match=None):
-        with self._lock:
-            docs = [
-                d
-                for d in self._docs.get(doctype, {}).values()
-                if all(d.get(field) == value for field, value in (match or {}).items())
-            ]
-            return json.loads(json.dumps(docs))
-
-    def atomic(self):
-        return self._atomic
-
-    def lock_site(self):
-        pass  # atomic() already lets one writer in at a time
 
 
 def _now() -> str:

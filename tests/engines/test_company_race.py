@@ -10,10 +10,11 @@ import threading
 import pytest
 import requests
 
-from provisioning.engines.emulator import FLIGHT_DOCTYPE, ERPNextEmulator, MemoryStore
+from provisioning.engines.emulator import FLIGHT_DOCTYPE, ERPNextEmulator
 from provisioning.engines.errors import EngineTransientError, EngineValidationError
 from provisioning.engines.frappe import FrappeClient
 from tests.support.frappe_server import FrappeTestServer
+from tests.support.memory_store import MemoryStore
 
 #: the keys of the 417 in 14-concurrent-company-creates.json (recorded on a second lab, so not replayed with the
 #: others): "Could not find Row #12: Default Account: Cash - R8808Z3", LinkValidationError, from erpnext (app).

@@ -34,8 +34,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from provisioning.engines.emulator import ERPNextEmulator, MemoryStore
+from provisioning.engines.emulator import ERPNextEmulator
 from provisioning.engines.errors import EngineBadRequestError, EngineError
+from tests.support.memory_store import MemoryStore
 
 # A copy of shared/erpnext-recordings, kept with the tests so that a fresh clone (CI) replays them too.
 RECORDINGS = Path(os.environ.get("MORAN_ERPNEXT_RECORDINGS") or Path(__file__).resolve().parent / "erpnext_recordings")

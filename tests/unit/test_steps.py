@@ -4,8 +4,9 @@ import datetime as dt
 
 import pytest
 
-from provisioning.engines.emulator import ERPNextEmulator, MemoryStore
+from provisioning.engines.emulator import ERPNextEmulator
 from provisioning.steps import STEPS, StepContext, StepFailed, TenantSpec, execute
+from tests.support.memory_store import MemoryStore
 
 TODAY = dt.date(2026, 11, 22)
 
