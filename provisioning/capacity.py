@@ -93,22 +93,30 @@ class Grant:
     slot: int | None = None
 
 
-def _acquire(keys: list[int], company: int | None, deadline: float) -> Grant:
-    """Take one of ``keys`` (in a random order, so that waiters spread over the slots), then the company lock."""
-    slot = None
+def _poll(attempt, deadline: float):
+    """``attempt()`` until it returns something (not None) or the deadline passes."""
     while True:
-        if slot is None:
-            slot = next((k for k in random.sample(keys, len(keys)) if _try_lock(k)), None)
-        if slot is not None and (company is None or _try_lock(company)):
-            if company is not None:
-                _company_held().add(company)
-            return Grant(True, slot=slot)
-        if time.monotonic() >= deadline:
-            if slot is not None:
-                _unlock(slot)
-                return Grant(False, "waiting for the engine's company creation (one company at a time per engine)")
-            return Grant(False, f"waiting for engine capacity ({len(keys)} of {len(keys)} slots in use)")
+        got = attempt()
+        if got is not None or time.monotonic() >= deadline:
+            return got
         time.sleep(POLL)
+
+
+def _acquire(keys: list[int], company: int | None, wait: float) -> Grant:
+    """Take the company lock when asked (first, and holding no slot while waiting for it: a tenant waiting for its
+    turn to create a company must not keep other tenants' steps from the engine), then one of ``keys`` (in a random
+    order, so that waiters spread over the slots)."""
+    if company is not None:
+        if _poll(lambda: _try_lock(company) or None, time.monotonic() + wait) is None:
+            return Grant(False, "waiting for the engine's company creation (one company at a time per engine)")
+        _company_held().add(company)
+    slot = _poll(
+        lambda: next((k for k in random.sample(keys, len(keys)) if _try_lock(k)), None), time.monotonic() + wait
+    )
+    if slot is None:
+        company_creation_done()
+        return Grant(False, f"waiting for engine capacity ({len(keys)} of {len(keys)} slots in use)")
+    return Grant(True, slot=slot)
 
 
 @contextlib.contextmanager
@@ -123,9 +131,7 @@ def engine_slot(*, onboarding_id: int, step_name: str, wait: float | None = None
     )[0]
     wait = settings.CAPACITY_WAIT if wait is None else wait
     grant = _acquire(
-        slot_keys(engine_id, max_concurrency),
-        company_key(engine_id) if step_name == COMPANY_STEP else None,
-        time.monotonic() + wait,
+        slot_keys(engine_id, max_concurrency), company_key(engine_id) if step_name == COMPANY_STEP else None, wait
     )
     try:
         yield grant
