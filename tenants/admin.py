@@ -22,10 +22,11 @@ from django.views.decorators.http import require_POST
 from moran.errors import DomainError, InvalidInput
 from provisioning.admin import progress_bar, status_badge
 from provisioning.capacity import engine_slots_in_use
+from provisioning.engines.connections import engine_connection_test
 from provisioning.models import Onboarding, ProvisioningRun, StepLog
 from provisioning.services import onboarding_start
 from tenants.models import EngineConnection, Tenant
-from tenants.services import engine_connection_test, tenant_create, tenant_validate
+from tenants.services import tenant_create, tenant_validate
 
 
 # --- engine connections ---------------------------------------------------------------------------------------

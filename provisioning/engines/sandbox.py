@@ -12,10 +12,13 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
+from moran.errors import InvalidInput
 from provisioning.capacity import company_creation_done
 from provisioning.engines.emulator import DuplicateName, ERPNextEmulator
 from provisioning.engines.errors import EngineTransientError, EngineValidationError, concurrent_company_error
 from provisioning.models import SandboxDocument, SandboxFault
+from provisioning.steps import STEP_NAMES
+from tenants.models import EngineConnection
 
 
 class DatabaseStore:
@@ -140,3 +143,23 @@ class SandboxEngine:
     def delete(self, doctype, name):
         self._before_call()
         return self.site.delete(doctype, name)
+
+
+# Fault controls (demos, rehearsals and tests) ---------------------------------------------------------------------
+def sandbox_faults_set(*, tenant, fail_step: str | None = None, latency_ms: int | None = None) -> None:
+    """Make the tenant's sandbox fail ``fail_step`` once (a 417), and/or answer every call ``latency_ms`` later
+    (0 removes the latency). Only a sandbox tenant has faults."""
+    if fail_step is None and latency_ms is None:
+        return
+    if tenant.engine.kind != EngineConnection.Kind.SANDBOX:
+        raise InvalidInput("--fail-step and --sandbox-latency only apply to a sandbox engine")
+    if fail_step is not None and fail_step not in STEP_NAMES:
+        raise InvalidInput(f"unknown step '{fail_step}'; steps are: {', '.join(STEP_NAMES)}")
+    if latency_ms is not None and latency_ms < 0:
+        raise InvalidInput("--sandbox-latency must be 0 or more milliseconds")
+    if fail_step is not None:
+        SandboxFault.objects.create(tenant=tenant, step=fail_step, kind=SandboxFault.Kind.PERMANENT, remaining=1)
+    if latency_ms is not None:
+        SandboxFault.objects.filter(tenant=tenant, kind=SandboxFault.Kind.LATENCY).delete()
+        if latency_ms:
+            SandboxFault.objects.create(tenant=tenant, kind=SandboxFault.Kind.LATENCY, latency_ms=latency_ms)

@@ -18,7 +18,7 @@ import sys
 from django.core.management.base import BaseCommand
 
 from moran.errors import DomainError
-from provisioning.connections import engine_register, engine_register_sandbox
+from provisioning.engines.connections import engine_register, engine_register_sandbox
 from tenants.models import EngineConnection
 
 SECRET_ENV = "MORAN_ENGINE_API_SECRET"

@@ -6,6 +6,8 @@ put in a message.
 
 from __future__ import annotations
 
+import logging
+
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator, validate_slug
 
@@ -15,18 +17,49 @@ from provisioning.engines.errors import EngineError
 from provisioning.steps import EngineCheck, StepContext, StepFailed
 from tenants.models import EngineConnection
 
+logger = logging.getLogger("moran.engines")
+
 
 class EngineCheckFailed(InvalidInput):
     """The engine check (step 0) refused the connection: unreachable, bad credentials, no ERPNext 15, setup wizard
     not completed."""
 
 
+def _look(connection: EngineConnection) -> dict:
+    """Step 0's read-only look (reachable, credentials, ERPNext version, setup complete): what it found. Outside any
+    transaction; nothing is created in the engine."""
+    return EngineCheck().look(StepContext(engine=engine_for(connection), spec=None)).found
+
+
 def engine_check(*, connection: EngineConnection) -> dict:
-    """Step 0's read-only look against a connection (saved or not): what it found, or EngineCheckFailed."""
+    """The engine check against a connection (saved or not): what it found, or EngineCheckFailed."""
     try:
-        return EngineCheck().look(StepContext(engine=engine_for(connection), spec=None)).found
+        return _look(connection)
     except (StepFailed, EngineError) as exc:
         raise EngineCheckFailed(f"engine check of '{connection.name}' failed: {exc.message}") from None
+
+
+def engine_connection_test(*, connection: EngineConnection) -> tuple[bool, str]:
+    """The engine check for an operator's button: ``(ok, message)``, never an exception. The message never holds a
+    credential."""
+    try:
+        found = _look(connection)
+    except ImportError:
+        return (
+            False,
+            f"{connection.name}: the {connection.get_kind_display()} engine client is not available in this installation",
+        )
+    except StepFailed as exc:
+        return False, f"{connection.name}: {exc.message}"
+    except EngineError as exc:
+        status = f" (HTTP {exc.status})" if exc.status else ""
+        return False, f"{connection.name}: {exc.exc_type}{status}: {exc.message}"
+    except Exception as exc:
+        # An operator's button must answer, not crash; the type only, as an unknown message might quote a credential.
+        logger.exception("engine check of %s crashed", connection.name)
+        return False, f"{connection.name}: the engine check failed unexpectedly ({type(exc).__name__}); see the logs"
+    versions = ", ".join(f"{k.split('_')[0]} {v}" for k, v in found.items() if k.endswith("_version") and v)
+    return True, f"{connection.name}: reachable as {found.get('user') or 'unknown user'}; {versions}; setup complete"
 
 
 def engine_register(
