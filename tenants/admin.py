@@ -42,6 +42,14 @@ class EngineConnectionForm(forms.ModelForm):
         help_text="Set or change the secret. Leave blank to keep the current one; it is never shown.",
     )
     clear_api_secret = forms.BooleanField(label="Remove the stored secret", required=False)
+    max_concurrency = forms.IntegerField(
+        label="Max concurrency",
+        required=False,
+        min_value=1,
+        max_value=64,
+        help_text="Steps of this engine in flight at once, across every worker (company creation: one at a time). "
+        "Leave blank to keep the current value.",
+    )
 
     class Meta:
         model = EngineConnection
@@ -62,6 +70,11 @@ class EngineConnectionForm(forms.ModelForm):
         if cleaned.get("new_api_secret") and cleaned.get("clear_api_secret"):
             raise forms.ValidationError("Either set a new secret or remove the stored one, not both.")
         return cleaned
+
+    def clean_max_concurrency(self):
+        # Blank keeps what the engine has (a new one gets the model's default).
+        value = self.cleaned_data.get("max_concurrency")
+        return value if value is not None else self.instance.max_concurrency
 
     def save(self, commit=True):
         if self.cleaned_data.get("new_api_secret"):

@@ -216,3 +216,15 @@ def test_it_gives_the_company_lock_back_once_the_create_returns(engine, onboardi
         following = Holder(onboardings[1].pk, "step_1_company")
         following.release()
         assert following.held
+
+
+def test_a_blank_capacity_in_the_admin_keeps_the_current_one(admin_client, engine):
+    # when the form is saved without the field
+    response = admin_client.post(
+        reverse("admin:tenants_engineconnection_change", args=[engine.pk]),
+        {"name": engine.name, "kind": engine.kind, "connect_timeout": 5, "read_timeout": 60},
+    )
+    # then
+    assert response.status_code == 302
+    engine.refresh_from_db()
+    assert engine.max_concurrency == 2

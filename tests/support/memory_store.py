@@ -50,6 +50,11 @@ class MemoryStore:
             ]
             return json.loads(json.dumps(docs))
 
+    def names(self) -> list[tuple[str, str]]:
+        """Every (doctype, name) held, for "nothing was created twice" assertions."""
+        with self._lock:
+            return sorted((doctype, name) for doctype, docs in self._docs.items() for name in docs)
+
     def atomic(self):
         return self._atomic
 

@@ -42,7 +42,7 @@ class MemoryEngine:
         return self.site.delete(doctype, name)
 
     def docs(self):
-        return sorted((k[0], k[1]) for k in self.site.store._docs)
+        return self.site.store.names()
 
 
 def spec(**overrides):
