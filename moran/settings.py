@@ -155,6 +155,17 @@ CELERY_TASK_SEND_SENT_EVENT = True
 STEP_MAX_RETRIES = env.int("MORAN_STEP_MAX_RETRIES", default=5)
 STEP_RETRY_BACKOFF = env.float("MORAN_STEP_RETRY_BACKOFF", default=2.0)
 
+# --- Engine capacity (provisioning/capacity.py) --------------------------------------------------------------
+# A step that finds no free slot of its engine waits at most CAPACITY_WAIT seconds in its worker, then goes back to
+# the queue for about CAPACITY_REQUEUE seconds (neither counts as an attempt).
+# MORAN_ENGINE_CAPACITY=0 turns the slots and the company-creation lock off: only for comparisons (benchmarks/fleet.py).
+CAPACITY_ENABLED = env.bool("MORAN_ENGINE_CAPACITY", default=True)
+CAPACITY_WAIT = env.float("MORAN_CAPACITY_WAIT", default=1.0)
+CAPACITY_REQUEUE = env.float("MORAN_CAPACITY_REQUEUE", default=1.0)
+# What creating a company costs the sandbox, in seconds when it runs alone (it grows with concurrent creates);
+# a real ERPNext takes about 2.5 s. 0 keeps the embedded mode and the tests fast.
+SANDBOX_COMPANY_LATENCY = env.float("MORAN_SANDBOX_COMPANY_LATENCY", default=0.0)
+
 # --- Reliability: step leases, the sweeper, the broker and the database connections ---------------------
 # A second delivery of a step that another worker is running waits this long for its lease before it is dropped
 # (covers the moment between a worker's death and PostgreSQL noticing its session ended).

@@ -41,6 +41,7 @@ STATUS_COLOURS = {
     "pending": "#9ca3af",
     "running": "#2563eb",
     "retrying": "#7c3aed",
+    "waiting": "#0891b2",
     "completed": "#15803d",
     "failed": "#b91c1c",
     "skipped": "#a16207",

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from provisioning.attempts import attempt_begin, attempt_close
+from provisioning.capacity import engine_slot, requeue_countdown, step_mark_waiting
 from provisioning.engines import engine_for
 from provisioning.engines.errors import EngineError
 from provisioning.locks import engine_lock, step_lease
@@ -37,6 +38,7 @@ class StepOutcome(enum.StrEnum):
     FAILED = "failed"  # a required step failed, recorded: the chain stops
     STALE = "stale"  # the run (or this attempt) is no longer in charge: nothing recorded, the chain stops
     DUPLICATE = "duplicate"  # another delivery of this step is running it: this copy is dropped
+    WAIT = "wait"  # no slot of its engine was free: recorded as waiting, the task goes back to the queue
 
 
 @dataclass(frozen=True)
@@ -145,9 +147,24 @@ def step_execute(*, onboarding_id: int, run_id: str, step_name: str, retries: in
             )
             logger.warning(message, extra={"run_id": str(run_id), "step": step_name, "onboarding": onboarding_id})
             return Outcome(StepOutcome.DUPLICATE)
-        return _step_execute(
-            onboarding_id=onboarding_id, run_id=run_id, step_name=step_name, retries=retries, max_retries=max_retries
-        )
+        # The attempt holds a slot of its engine from before it begins until its end is recorded; without one
+        # within a short wait, the step waits in the queue instead (not an attempt).
+        with engine_slot(onboarding_id=onboarding_id, step_name=step_name) as slot:
+            if not slot.held:
+                try:
+                    step_mark_waiting(
+                        onboarding_id=onboarding_id, run_id=run_id, step_name=step_name, reason=slot.reason
+                    )
+                except Stale:
+                    return Outcome(StepOutcome.STALE)
+                return Outcome(StepOutcome.WAIT, slot.reason, requeue_countdown())
+            return _step_execute(
+                onboarding_id=onboarding_id,
+                run_id=run_id,
+                step_name=step_name,
+                retries=retries,
+                max_retries=max_retries,
+            )
 
 
 def _step_begin(ob, steps, *, step_name: str):

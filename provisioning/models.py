@@ -26,6 +26,8 @@ class StepStatus(models.TextChoices):
     PENDING = "pending"
     RUNNING = "running"
     RETRYING = "retrying"
+    # Delivered, but no slot of its engine was free: it goes back to the queue without using an attempt.
+    WAITING = "waiting"
     COMPLETED = "completed"
     FAILED = "failed"
     SKIPPED = "skipped"

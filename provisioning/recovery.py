@@ -94,6 +94,8 @@ def _stamp(value) -> dt.datetime | None:
 
 
 def _since(entry: dict) -> dt.datetime | None:
+    if entry["status"] == StepStatus.WAITING:  # like a retry: its next delivery is a message in the queue
+        return _stamp(entry.get("waiting_since") or "")
     stamp = (
         entry["started_at"] if entry["status"] == StepStatus.RUNNING else entry["finished_at"] or entry["started_at"]
     )
@@ -224,7 +226,9 @@ def _diagnose_active(name: str, entry: dict, run, *, now, live: Liveness) -> Pro
     since = _since(entry)
     age = (now - since).total_seconds() if since else float("inf")
     running = entry["status"] == StepStatus.RUNNING
-    verb = "running" if running else "waiting for a retry"
+    verb = {StepStatus.RUNNING: "running", StepStatus.WAITING: "waiting for engine capacity"}.get(
+        entry["status"], "waiting for a retry"
+    )
     if age >= settings.SWEEP_STEP_DEADLINE:
         # The backstop: a live worker hung past every time limit (or one no liveness evidence exposed).
         return Problem(

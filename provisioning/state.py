@@ -29,7 +29,7 @@ from provisioning.webhooks.outbox import onboarding_run_ended
 logger = logging.getLogger("moran.provisioning")
 
 DONE = {StepStatus.COMPLETED, StepStatus.SKIPPED}
-ACTIVE = {StepStatus.RUNNING, StepStatus.RETRYING}
+ACTIVE = {StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.WAITING}
 
 #: pass as ``run_id`` to write whatever run is in charge (operator actions).
 ANY_RUN = object()

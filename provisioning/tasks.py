@@ -18,13 +18,16 @@ from provisioning.steps import STEP_NAMES
 
 
 def _make_step_task(step_name: str):
-    def step_task(self, onboarding_id, run_id, tenant=""):
+    def step_task(self, onboarding_id, run_id, tenant="", waits=0):
+        # Celery counts every retry; the deliveries that only waited for engine capacity (``waits``) are not
+        # attempts, so they count neither towards the step's retries nor towards its maximum.
+        retries = self.request.retries - waits
         try:
             outcome = step_execute(
                 onboarding_id=onboarding_id,
                 run_id=run_id,
                 step_name=step_name,
-                retries=self.request.retries,
+                retries=retries,
                 max_retries=self.max_retries,
             )
         except (OperationalError, InterfaceError) as exc:
@@ -33,11 +36,19 @@ def _make_step_task(step_name: str):
             # as interrupted by the next attempt.
             connection.close()
             # Bounded all the same (about half an hour with the default backoff): past it the sweeper takes over.
-            raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries), max_retries=30) from exc
+            raise self.retry(exc=exc, countdown=retry_countdown(retries), max_retries=30 + waits) from exc
         if outcome.kind in (StepOutcome.STALE, StepOutcome.DUPLICATE):
             raise Ignore()
         if outcome.kind == StepOutcome.RETRY:
-            raise self.retry(countdown=outcome.countdown, max_retries=self.max_retries)
+            raise self.retry(countdown=outcome.countdown, max_retries=self.max_retries + waits)
+        if outcome.kind == StepOutcome.WAIT:
+            # Back to the queue, the rest of the chain attached (``retry`` keeps it), without using an attempt; and
+            # never "too many" (Celery reads max_retries=None as the task's default, so the limit is set past it).
+            raise self.retry(
+                countdown=outcome.countdown,
+                max_retries=self.request.retries + 1,
+                kwargs={**self.request.kwargs, "waits": waits + 1},
+            )
         if outcome.kind == StepOutcome.FAILED:
             raise StepFailedError(f"{tenant}: {step_name} failed: {outcome.message}")
         return {"tenant": tenant, "step": step_name, "outcome": outcome.kind, "detail": outcome.message}

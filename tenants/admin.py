@@ -23,10 +23,12 @@ from moran.admin_lookups import SecretLookupGuard
 from moran.errors import DomainError, InvalidInput
 from moran.paging import KeysFirstPaginator
 from provisioning.admin import progress_bar, status_badge
+from provisioning.capacity import engine_slots_in_use
+from provisioning.engines.connections import engine_connection_test
 from provisioning.models import Onboarding, ProvisioningRun, StepLog
 from provisioning.services import onboarding_start
 from tenants.models import EngineConnection, Tenant
-from tenants.services import engine_connection_test, tenant_create, tenant_validate
+from tenants.services import tenant_create, tenant_validate
 
 
 # --- engine connections ---------------------------------------------------------------------------------------
@@ -42,11 +44,28 @@ class EngineConnectionForm(forms.ModelForm):
         help_text="Set or change the secret. Leave blank to keep the current one; it is never shown.",
     )
     clear_api_secret = forms.BooleanField(label="Remove the stored secret", required=False)
+    max_concurrency = forms.IntegerField(
+        label="Max concurrency",
+        required=False,
+        min_value=1,
+        max_value=64,
+        help_text="Steps of this engine in flight at once, across every worker (company creation: one at a time). "
+        "Leave blank to keep the current value.",
+    )
 
     class Meta:
         model = EngineConnection
         # Listed, not excluded: a field added to the model later must not appear here by accident. Never api_secret.
-        fields = ["name", "kind", "base_url", "api_key", "verify_tls", "connect_timeout", "read_timeout"]
+        fields = [
+            "name",
+            "kind",
+            "base_url",
+            "api_key",
+            "verify_tls",
+            "connect_timeout",
+            "read_timeout",
+            "max_concurrency",
+        ]
 
     def clean_kind(self):
         kind = self.cleaned_data.get("kind")
@@ -59,6 +78,11 @@ class EngineConnectionForm(forms.ModelForm):
         if cleaned.get("new_api_secret") and cleaned.get("clear_api_secret"):
             raise forms.ValidationError("Either set a new secret or remove the stored one, not both.")
         return cleaned
+
+    def clean_max_concurrency(self):
+        # Blank keeps what the engine has (a new one gets the model's default).
+        value = self.cleaned_data.get("max_concurrency")
+        return value if value is not None else self.instance.max_concurrency
 
     def save(self, commit=True):
         if self.cleaned_data.get("new_api_secret"):
@@ -76,17 +100,28 @@ def report_connection_test(request, connection: EngineConnection) -> None:
 @admin.register(EngineConnection)
 class EngineConnectionAdmin(SecretLookupGuard, admin.ModelAdmin):
     form = EngineConnectionForm
-    list_display = ["name", "kind", "base_url", "api_key", "secret_state", "verify_tls", "tenant_count", "updated_at"]
+    list_display = [
+        "name",
+        "kind",
+        "base_url",
+        "api_key",
+        "secret_state",
+        "verify_tls",
+        "slots_col",
+        "tenant_count",
+        "updated_at",
+    ]
     list_filter = ["kind"]
     search_fields = ["name", "base_url"]
     actions = ["test_connection_action"]
     change_form_template = "admin/tenants/engineconnection/change_form.html"
     fieldsets = [
         (None, {"fields": ["name", "kind", "base_url", "verify_tls", "connect_timeout", "read_timeout"]}),
+        ("Capacity", {"fields": ["max_concurrency", "slots_col"]}),
         ("Credentials", {"fields": ["api_key", "secret_state", "new_api_secret", "clear_api_secret"]}),
         ("Record", {"fields": ["created_at", "updated_at"]}),
     ]
-    readonly_fields = ["secret_state", "created_at", "updated_at"]
+    readonly_fields = ["secret_state", "slots_col", "created_at", "updated_at"]
 
     class Media:
         css = {"all": ["provisioning/admin.css"]}
@@ -98,6 +133,24 @@ class EngineConnectionAdmin(SecretLookupGuard, admin.ModelAdmin):
     def secret_state(self, obj):
         # Whether one is stored, never what it is.
         return "set" if obj and obj.has_api_secret else "not set"
+
+    def get_changelist_instance(self, request):
+        changelist = super().get_changelist_instance(request)
+        # One read of the lock table for the whole page, not one per engine.
+        changelist.result_list = list(changelist.result_list)
+        in_use = engine_slots_in_use(changelist.result_list)
+        for engine in changelist.result_list:
+            engine.slots_now = in_use.get(engine.pk)
+        return changelist
+
+    @admin.display(description="slots in use")
+    def slots_col(self, obj):
+        if obj is None or obj.pk is None:
+            return "-"
+        in_use = obj.slots_now if hasattr(obj, "slots_now") else engine_slots_in_use([obj]).get(obj.pk)
+        if in_use is None:  # the embedded mode (SQLite) runs one step at a time: no slots to count
+            return f"max {obj.max_concurrency}"
+        return f"{in_use} of {obj.max_concurrency}"
 
     @admin.display(description="tenants", ordering="tenant_total")
     def tenant_count(self, obj):

@@ -3,7 +3,7 @@
 import uuid
 
 from django.conf import settings
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
 from moran.encryption import secret_decrypt, secret_encrypt
@@ -31,6 +31,11 @@ class EngineConnection(models.Model):
     verify_tls = models.BooleanField(default=True)
     connect_timeout = models.FloatField(default=5.0)
     read_timeout = models.FloatField(default=60.0)
+    max_concurrency = models.PositiveSmallIntegerField(
+        default=4,
+        validators=[MinValueValidator(1), MaxValueValidator(64)],
+        help_text="Steps of this engine in flight at once, across every worker (company creation: one at a time)",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

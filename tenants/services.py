@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from moran.errors import DomainError, InvalidInput
+from moran.errors import InvalidInput
 from provisioning.currencies import ISO_4217
 from provisioning.webhooks.targets import WebhookTargetRefused, webhook_url_check
 from tenants.models import EngineConnection, Tenant
-
-logger = logging.getLogger("moran.tenants")
 
 
 def engine_get(*, name: str | None = None) -> EngineConnection:
@@ -154,44 +150,3 @@ def tenant_allow_restricting_existing_admin(*, tenant: Tenant, allow: bool = Tru
     Tenant.objects.filter(pk=tenant.pk).update(allow_restricting_existing_admin=allow)
     tenant.allow_restricting_existing_admin = allow
     return tenant
-
-
-def engine_connection_test(*, connection: EngineConnection) -> tuple[bool, str]:
-    """Run the engine check (step 0's look: reachable, credentials, ERPNext version, setup complete) against a
-    connection, outside any transaction. Returns ``(ok, message)``; the message is for operators and never holds a
-    credential. Read-only: nothing is created in the engine."""
-    from provisioning.engines import engine_for
-    from provisioning.engines.errors import EngineError
-    from provisioning.steps import EngineCheck, StepContext, StepFailed, TenantSpec
-
-    # The check needs a spec only to build a context; it does not read it.
-    spec = TenantSpec(
-        company="Connection Test",
-        abbr="CT",
-        currency="EUR",
-        country="Germany",
-        admin_email="check@invalid",
-        admin_first_name="",
-    )
-    try:
-        engine = engine_for(connection)
-    except DomainError as exc:  # the stored secret does not open with the configured keys
-        return False, f"{connection.name}: {exc.message}"
-    except ImportError:
-        return (
-            False,
-            f"{connection.name}: the {connection.get_kind_display()} engine client is not available in this installation",
-        )
-    try:
-        found = EngineCheck().look(StepContext(engine=engine, spec=spec)).found
-    except StepFailed as exc:
-        return False, f"{connection.name}: {exc.message}"
-    except EngineError as exc:
-        status = f" (HTTP {exc.status})" if exc.status else ""
-        return False, f"{connection.name}: {exc.exc_type}{status}: {exc.message}"
-    except Exception as exc:
-        # An operator's button must answer, not crash; the type only, as an unknown message might quote a credential.
-        logger.exception("engine check of %s crashed", connection.name)
-        return False, f"{connection.name}: the engine check failed unexpectedly ({type(exc).__name__}); see the logs"
-    versions = ", ".join(f"{k.split('_')[0]} {v}" for k, v in found.items() if k.endswith("_version") and v)
-    return True, f"{connection.name}: reachable as {found.get('user') or 'unknown user'}; {versions}; setup complete"

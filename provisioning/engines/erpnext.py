@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from provisioning.engines.company_lock import company_creation_done
 from provisioning.engines.frappe import FrappeClient, client_for
 
 
@@ -31,7 +32,11 @@ class ERPNextEngine:
         return self.client.get_list(doctype, filters=filters, fields=fields, order_by=order_by, limit=limit)
 
     def insert(self, doctype: str, doc: dict) -> dict:
-        return self.client.insert(doctype, doc)
+        try:
+            return self.client.insert(doctype, doc)
+        finally:
+            if doctype == "Company":
+                company_creation_done()  # the next tenant's create may start while this step looks again
 
     def update(self, doctype: str, name: str, changes: dict) -> dict:
         return self.client.update(doctype, name, changes)

@@ -66,3 +66,26 @@ class EngineValidationError(EngineError):
     """417: the engine refused the document (mandatory field, bad link, abbreviation taken, ...)."""
 
     default_type = "ValidationError"
+
+
+def concurrent_company_error(doctype: str, error: EngineError) -> EngineError:
+    """A Company create that lost ERPNext's concurrent-creation race comes back as a transient error.
+
+    ERPNext's ``Company.on_update`` adds the new company's row to the one shared "Cash" Mode of Payment (loaded
+    ``for_update``) and validates every row's account under REPEATABLE READ: a company committed by another request
+    meanwhile has a row whose account this transaction cannot see, and the create fails with 417
+    ``LinkValidationError`` "Could not find Row #N: Default Account: Cash - <other abbr>". Nothing was created, and the
+    same create succeeds a moment later. Any other error is returned unchanged."""
+    if (
+        doctype == "Company"
+        and isinstance(error, EngineValidationError)
+        and error.exc_type == "LinkValidationError"
+        and "Default Account" in error.message
+    ):
+        return EngineTransientError(
+            f"the engine refused the company while another company was being created ({error.message}); "
+            "it will be created again",
+            status=error.status,
+            exc_type=error.exc_type,
+        )
+    return error

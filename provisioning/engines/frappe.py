@@ -14,7 +14,8 @@ any other 500 (JSONDecodeError, AttributeError, ...)   EngineBadRequestError: ou
 401 / 403                                              EngineAuthError
 404                                                    EngineNotFoundError
 409                                                    EngineConflictError (``exc_type`` kept: duplicate vs overlap)
-417                                                    EngineValidationError
+417                                                    EngineValidationError, except a Company create that
+                                                       lost the concurrent-creation race: EngineTransientError
 =====================================================  ==================================================
 
 Messages are the engine's human message, decoded from ``_server_messages`` (a JSON string holding a list of JSON
@@ -43,6 +44,7 @@ from provisioning.engines.errors import (
     EngineNotFoundError,
     EngineTransientError,
     EngineValidationError,
+    concurrent_company_error,
 )
 
 logger = logging.getLogger("moran.engines.frappe")
@@ -180,7 +182,13 @@ class FrappeClient:
                 return rows
 
     def insert(self, doctype: str, doc: dict) -> dict:
-        return self._request("POST", _doc_path(doctype), json_body=doc)["data"]
+        try:
+            return self._request("POST", _doc_path(doctype), json_body=doc)["data"]
+        except EngineValidationError as exc:
+            classified = concurrent_company_error(doctype, exc)
+            if classified is exc:
+                raise
+            raise classified from None
 
     def update(self, doctype: str, name: str, changes: dict) -> dict:
         return self._request("PUT", _doc_path(doctype, name), json_body=changes)["data"]

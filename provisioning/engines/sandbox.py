@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import time
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
+from moran.errors import InvalidInput
+from provisioning.engines.company_lock import company_creation_done
 from provisioning.engines.emulator import DuplicateName, ERPNextEmulator
-from provisioning.engines.errors import EngineTransientError, EngineValidationError
+from provisioning.engines.errors import EngineTransientError, EngineValidationError, concurrent_company_error
 from provisioning.models import SandboxDocument, SandboxFault
+from tenants.models import EngineConnection
 
 
 class DatabaseStore:
@@ -52,6 +56,11 @@ class DatabaseStore:
     def atomic(self):
         return transaction.atomic()
 
+    def lock_site(self):
+        # A row lock on the site's settings, held until the transaction ends; the reads after it see what the
+        # writers before it committed (READ COMMITTED).
+        list(self._docs("System Settings").select_for_update().values_list("pk", flat=True))
+
 
 class SandboxEngine:
     """The :class:`~provisioning.engines.base.Engine` of a sandbox connection, bound to one tenant and step so that
@@ -63,7 +72,7 @@ class SandboxEngine:
         self.name = connection.name
         self.tenant = tenant
         self.step = step
-        self.site = ERPNextEmulator(DatabaseStore(connection.name))
+        self.site = ERPNextEmulator(DatabaseStore(connection.name), company_latency=settings.SANDBOX_COMPANY_LATENCY)
         # The tenant's faults, read once per engine (one engine serves one step attempt); consumed in the database.
         self._faults = (
             list(SandboxFault.objects.filter(tenant=tenant).values("id", "step", "kind", "latency_ms"))
@@ -115,7 +124,16 @@ class SandboxEngine:
 
     def insert(self, doctype, doc):
         self._before_call()
-        return self.site.insert(doctype, doc)
+        try:
+            return self.site.insert(doctype, doc)
+        except EngineValidationError as exc:
+            classified = concurrent_company_error(doctype, exc)  # as the ERPNext client classifies it
+            if classified is exc:
+                raise
+            raise classified from None
+        finally:
+            if doctype == "Company":
+                company_creation_done()  # the next tenant's create may start while this step looks again
 
     def update(self, doctype, name, changes):
         self._before_call()
@@ -124,3 +142,26 @@ class SandboxEngine:
     def delete(self, doctype, name):
         self._before_call()
         return self.site.delete(doctype, name)
+
+
+# Fault controls (demos, rehearsals and tests) ---------------------------------------------------------------------
+def sandbox_faults_set(
+    *, tenant, steps: tuple[str, ...], fail_step: str | None = None, latency_ms: int | None = None
+) -> None:
+    """Make the tenant's sandbox fail ``fail_step`` (one of ``steps``, the caller's step names: an engine does not
+    know the steps) once (a 417), and/or answer every call ``latency_ms`` later (0 removes the latency). Only a
+    sandbox tenant has faults."""
+    if fail_step is None and latency_ms is None:
+        return
+    if tenant.engine.kind != EngineConnection.Kind.SANDBOX:
+        raise InvalidInput("--fail-step and --sandbox-latency only apply to a sandbox engine")
+    if fail_step is not None and fail_step not in steps:
+        raise InvalidInput(f"unknown step '{fail_step}'; steps are: {', '.join(steps)}")
+    if latency_ms is not None and latency_ms < 0:
+        raise InvalidInput("--sandbox-latency must be 0 or more milliseconds")
+    if fail_step is not None:
+        SandboxFault.objects.create(tenant=tenant, step=fail_step, kind=SandboxFault.Kind.PERMANENT, remaining=1)
+    if latency_ms is not None:
+        SandboxFault.objects.filter(tenant=tenant, kind=SandboxFault.Kind.LATENCY).delete()
+        if latency_ms:
+            SandboxFault.objects.create(tenant=tenant, kind=SandboxFault.Kind.LATENCY, latency_ms=latency_ms)

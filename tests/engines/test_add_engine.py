@@ -22,7 +22,9 @@ def test_it_checks_the_engine_and_saves_the_connection(frappe, secret_env):
     code, out, err = run("add_engine", "lab", "--url", frappe.url, "--api-key", frappe.api_key)
     # then
     assert (code, err) == (0, "")
-    assert out.strip() == (f"engine lab added: {frappe.url} (ERPNext 15.71.1, Frappe 15.75.0, API user Administrator)")
+    assert out.strip() == (
+        f"engine lab added: {frappe.url} (ERPNext 15.71.1, Frappe 15.75.0, API user Administrator, max concurrency 4)"
+    )
     connection = EngineConnection.objects.get(name="lab")
     assert (connection.kind, connection.base_url, connection.api_key, connection.verify_tls) == (
         "erpnext",
@@ -114,6 +116,66 @@ def test_it_prompts_for_the_secret_on_a_terminal(frappe, monkeypatch):
     # then
     assert code == 0 and prompts == ["API secret for lab: "]
     assert EngineConnection.objects.get(name="lab").api_secret == frappe.api_secret
+
+
+def test_it_registers_a_sandbox_engine_with_its_capacity():
+    # when
+    code, out, err = run("add_engine", "rehearsal", "--kind", "sandbox", "--max-concurrency", "2")
+    # then
+    assert (code, err, out.strip()) == (0, "", "engine rehearsal added: sandbox (max concurrency 2)")
+    connection = EngineConnection.objects.get(name="rehearsal")
+    assert (connection.kind, connection.max_concurrency, connection.base_url, connection.api_secret) == (
+        "sandbox",
+        2,
+        "",
+        "",
+    )
+
+
+def test_it_updates_a_sandbox_engine_and_keeps_its_capacity_unless_told():
+    # given
+    run("add_engine", "rehearsal", "--kind", "sandbox", "--max-concurrency", "2")
+    # when
+    code, out, _ = run("add_engine", "rehearsal", "--kind", "sandbox")
+    # then
+    assert (code, out.strip()) == (0, "engine rehearsal updated: sandbox (max concurrency 2)")
+    assert EngineConnection.objects.filter(name="rehearsal").count() == 1
+
+
+def test_it_sets_the_capacity_of_an_erpnext_engine(frappe, secret_env):
+    # when
+    code, out, _ = run("add_engine", "lab", "--url", frappe.url, "--api-key", frappe.api_key, "--max-concurrency", "8")
+    # then
+    assert code == 0 and out.strip().endswith("max concurrency 8)")
+    assert EngineConnection.objects.get(name="lab").max_concurrency == 8
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--kind", "sandbox", "--max-concurrency", "0"], "error: Invalid engine: max_concurrency: A whole number"),
+        (["--kind", "sandbox", "--url", "http://127.0.0.1:1"], "error: a sandbox engine takes no --url"),
+        (["--api-key", "k"], "error: an erpnext engine needs --url"),
+        ([], "error: an erpnext engine needs --url and --api-key"),
+    ],
+)
+def test_it_refuses_what_the_kind_does_not_take(args, message):
+    # when
+    code, out, err = run("add_engine", "rehearsal", *args)
+    # then
+    assert (code, out) == (2, "")
+    assert err.startswith(message)
+    assert not EngineConnection.objects.exists()
+
+
+def test_it_will_not_turn_an_erpnext_engine_into_a_sandbox(frappe, secret_env):
+    # given
+    run("add_engine", "lab", "--url", frappe.url, "--api-key", frappe.api_key)
+    # when
+    code, _, err = run("add_engine", "lab", "--kind", "sandbox")
+    # then
+    assert code == 2 and "Engine 'lab' is a erpnext engine" in err
+    assert EngineConnection.objects.get(name="lab").kind == "erpnext"
 
 
 @pytest.mark.realpath

@@ -4,13 +4,14 @@ import datetime as dt
 
 import pytest
 
-from provisioning.engines.emulator import ERPNextEmulator, MemoryStore
+from provisioning.engines.emulator import ERPNextEmulator
 from provisioning.engines.errors import (
     EngineBadRequestError,
     EngineConflictError,
     EngineNotFoundError,
     EngineValidationError,
 )
+from tests.support.memory_store import MemoryStore
 
 
 @pytest.fixture

@@ -7,9 +7,15 @@ through the URL of an EngineConnection row, while the test drives its faults thr
 
 * ``inject(status=503, times=3, doctype="Warehouse")``: the next matching requests fail (``times=None``: always);
 * ``latency``: seconds to wait before each answer (read timeouts);
+* ``company_latency``: what a Company create costs when it runs alone (a real one: about 2.5 s); concurrent creates
+  take longer each, and one that overlaps a create that commits first fails with the 417 ``LinkValidationError`` of
+  ``14-concurrent-company-creates.json``, unless the creates are serialized;
+* ``recorded_latency``: answer every call about as slowly as the recorded site did (``10-timings-second-tenant``),
+  times this factor (0: off);
 * ``stop()``: refuse connections from then on (closing kept-alive ones too).
 
-``requests`` records what each request was and what it got, for "nothing was created twice" assertions.
+``requests`` records what each request was, what it got, and when it started and ended (``time.monotonic()``), for
+"nothing was created twice" and "never two at once" assertions.
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from provisioning.engines.emulator import ERPNextEmulator, MemoryStore
+from provisioning.engines.emulator import ERPNextEmulator
 from provisioning.engines.errors import EngineBadRequestError, EngineError
+from tests.support.memory_store import MemoryStore
 
 # A copy of shared/erpnext-recordings, kept with the tests so that a fresh clone (CI) replays them too.
 RECORDINGS = Path(os.environ.get("MORAN_ERPNEXT_RECORDINGS") or Path(__file__).resolve().parent / "erpnext_recordings")
@@ -45,7 +52,7 @@ ERPNEXT_RAISED = re.compile(
     r"^(Date .* is not in any active Fiscal Year|Year start date or end date is overlapping|Fiscal Year End Date should"
     r"|Fiscal Year Start Date and Fiscal Year End Date are already set|Cannot change Fiscal Year Start Date"
     r"|Abbreviation already used|Please enter parent cost center|.* is not a group node|Price List must be applicable"
-    r"|'NoneType' object has no attribute 'endswith')"
+    r"|'NoneType' object has no attribute 'endswith'|Could not find Row #\d+: Default Account)"
 )
 EXCEPTION_MODULES = {
     "FiscalYearError": "erpnext.accounts.utils.",
@@ -54,6 +61,17 @@ EXCEPTION_MODULES = {
     "TypeError": "",
     "KeyError": "",
     "ImportError": "",
+}
+#: seconds the recorded site took per call (the median of its kind in 10-timings-second-tenant; the company create
+#: is ``company_latency``): (HTTP method, doctype or None for methods) -> seconds, then per HTTP method.
+RECORDED_LATENCY = {
+    ("POST", "User"): 0.53,
+    ("PUT", "User"): 0.3,
+    ("GET", "Company"): 0.13,
+    ("POST", None): 0.12,
+    ("PUT", None): 0.12,
+    ("DELETE", None): 0.15,
+    ("GET", None): 0.03,
 }
 DUPLICATE = re.compile(r"^(?P<doctype>[A-Za-z ]+?) (?P<name>.+) already exists$")
 
@@ -85,6 +103,8 @@ class Seen:
     doctype: str | None
     status: int
     body: object = field(default=None, repr=False)
+    started: float = 0.0
+    ended: float = 0.0
 
 
 class Reply(Exception):
@@ -123,6 +143,8 @@ class FrappeTestServer:
         fiscal_years: tuple[str, ...] | None = None,
         api_key: str = "moran-test-key",
         api_secret: str | None = None,
+        company_latency: float = 0.0,
+        recorded_latency: float = 0.0,
     ):
         today = today or dt.date.today()
         self.api_key = api_key
@@ -134,9 +156,11 @@ class FrappeTestServer:
             today=today,
             default_company=default_company or LAB_COMPANY,
             fiscal_years=(str(today.year),) if fiscal_years is None else fiscal_years,
+            company_latency=company_latency,
         )
         self.faults: list[Fault] = []
         self.latency = 0.0
+        self.recorded_latency = recorded_latency
         self.requests: list[Seen] = []
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -245,8 +269,12 @@ class FrappeTestServer:
             version, path = 2, "/api/" + path[len("/api/v2/") :]
         segments = path.split("/", 4)  # "", "api", "resource"|"method"|"document", doctype|method, name
         doctype = segments[3] if len(segments) > 3 and segments[2] in ("resource", "document") else None
+        started = time.monotonic()
         if self.latency:
             time.sleep(self.latency)
+        if self.recorded_latency and not (method == "POST" and doctype == "Company"):
+            pause = RECORDED_LATENCY.get((method, doctype)) or RECORDED_LATENCY.get((method, None), 0.0)
+            time.sleep(pause * self.recorded_latency)
         try:
             fault = self._take_fault(method, path, doctype)
             if fault is not None:
@@ -259,7 +287,7 @@ class FrappeTestServer:
         except EngineError as exc:
             reply = self._error_reply(exc, method, version)
         with self._lock:
-            self.requests.append(Seen(method, path, doctype, reply.status, reply.body))
+            self.requests.append(Seen(method, path, doctype, reply.status, reply.body, started, time.monotonic()))
         data = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
         return reply.status, data, reply.headers, reply.content_type
 
@@ -484,6 +512,9 @@ class FrappeTestServer:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # The headers and the body go out in two writes: without TCP_NODELAY the client's delayed ACK holds every answer
+    # back by ~40 ms.
+    disable_nagle_algorithm = True
     server_app: FrappeTestServer
 
     def _serve(self):

@@ -4,8 +4,9 @@ import datetime as dt
 
 import pytest
 
-from provisioning.engines.emulator import ERPNextEmulator, MemoryStore
+from provisioning.engines.emulator import ERPNextEmulator
 from provisioning.steps import STEPS, StepContext, StepFailed, TenantSpec, execute
+from tests.support.memory_store import MemoryStore
 
 TODAY = dt.date(2026, 11, 22)
 
@@ -41,7 +42,7 @@ class MemoryEngine:
         return self.site.delete(doctype, name)
 
     def docs(self):
-        return sorted((k[0], k[1]) for k in self.site.store._docs)
+        return self.site.store.names()
 
 
 def spec(**overrides):

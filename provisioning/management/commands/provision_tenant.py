@@ -21,12 +21,12 @@ from django.db import connection
 
 from moran.errors import DomainError
 from provisioning.drift import PRESENT, drifted, tenant_plan, tenant_verify
+from provisioning.engines.sandbox import sandbox_faults_set
 from provisioning.management.progress import LiveTable
-from provisioning.models import Onboarding, OnboardingStatus, SandboxFault
+from provisioning.models import Onboarding, OnboardingStatus
 from provisioning.selectors import onboarding_status
 from provisioning.services import onboarding_continue, onboarding_retry, onboarding_start
 from provisioning.steps import STEP_NAMES, TOTAL_STEPS
-from tenants.models import EngineConnection
 from tenants.selectors import tenant_get_visible
 from tenants.services import engine_get, tenant_allow_restricting_existing_admin, tenant_create
 
@@ -206,24 +206,9 @@ class Command(BaseCommand):
         return EXIT_NOT_COMPLETED if any(r.state == "error" for r in reports) else EXIT_OK
 
     def _faults(self, tenant, opts):
-        if opts["fail_step"] is None and opts["sandbox_latency"] is None:
-            return
-        if tenant.engine.kind != EngineConnection.Kind.SANDBOX:
-            raise BadInput("--fail-step and --sandbox-latency only apply to a sandbox engine")
-        if opts["fail_step"] is not None:
-            if opts["fail_step"] not in STEP_NAMES:
-                raise BadInput(f"unknown step '{opts['fail_step']}'; steps are: {', '.join(STEP_NAMES)}")
-            SandboxFault.objects.create(
-                tenant=tenant, step=opts["fail_step"], kind=SandboxFault.Kind.PERMANENT, remaining=1
-            )
-        if opts["sandbox_latency"] is not None:
-            if opts["sandbox_latency"] < 0:
-                raise BadInput("--sandbox-latency must be 0 or more milliseconds")
-            SandboxFault.objects.filter(tenant=tenant, kind=SandboxFault.Kind.LATENCY).delete()
-            if opts["sandbox_latency"]:
-                SandboxFault.objects.create(
-                    tenant=tenant, kind=SandboxFault.Kind.LATENCY, latency_ms=opts["sandbox_latency"]
-                )
+        sandbox_faults_set(
+            tenant=tenant, steps=tuple(STEP_NAMES), fail_step=opts["fail_step"], latency_ms=opts["sandbox_latency"]
+        )
 
     def _summary(self, onboarding) -> int:
         status = onboarding_status(onboarding=onboarding)

@@ -11,7 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand
 
 from moran.errors import DomainError
-from provisioning.connections import engine_secrets_rotate
+from provisioning.engines.connections import engine_secrets_rotate
 
 
 class Command(BaseCommand):

@@ -6,16 +6,20 @@ put in a message.
 
 from __future__ import annotations
 
+import logging
+
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator, validate_slug
 from django.db import transaction
 
 from moran.encryption import secret_rotate
-from moran.errors import InvalidInput
+from moran.errors import DomainError, InvalidInput
 from provisioning.engines import engine_for
 from provisioning.engines.errors import EngineError
 from provisioning.steps import EngineCheck, StepContext, StepFailed
 from tenants.models import EngineConnection
+
+logger = logging.getLogger("moran.engines")
 
 
 class EngineCheckFailed(InvalidInput):
@@ -23,12 +27,43 @@ class EngineCheckFailed(InvalidInput):
     not completed."""
 
 
+def _look(connection: EngineConnection) -> dict:
+    """Step 0's read-only look (reachable, credentials, ERPNext version, setup complete): what it found. Outside any
+    transaction; nothing is created in the engine."""
+    return EngineCheck().look(StepContext(engine=engine_for(connection), spec=None)).found
+
+
 def engine_check(*, connection: EngineConnection) -> dict:
-    """Step 0's read-only look against a connection (saved or not): what it found, or EngineCheckFailed."""
+    """The engine check against a connection (saved or not): what it found, or EngineCheckFailed."""
     try:
-        return EngineCheck().look(StepContext(engine=engine_for(connection), spec=None)).found
+        return _look(connection)
     except (StepFailed, EngineError) as exc:
         raise EngineCheckFailed(f"engine check of '{connection.name}' failed: {exc.message}") from None
+
+
+def engine_connection_test(*, connection: EngineConnection) -> tuple[bool, str]:
+    """The engine check for an operator's button: ``(ok, message)``, never an exception. The message never holds a
+    credential."""
+    try:
+        found = _look(connection)
+    except DomainError as exc:  # the stored secret does not open with the configured keys
+        return False, f"{connection.name}: {exc.message}"
+    except ImportError:
+        return (
+            False,
+            f"{connection.name}: the {connection.get_kind_display()} engine client is not available in this installation",
+        )
+    except StepFailed as exc:
+        return False, f"{connection.name}: {exc.message}"
+    except EngineError as exc:
+        status = f" (HTTP {exc.status})" if exc.status else ""
+        return False, f"{connection.name}: {exc.exc_type}{status}: {exc.message}"
+    except Exception as exc:
+        # An operator's button must answer, not crash; the type only, as an unknown message might quote a credential.
+        logger.exception("engine check of %s crashed", connection.name)
+        return False, f"{connection.name}: the engine check failed unexpectedly ({type(exc).__name__}); see the logs"
+    versions = ", ".join(f"{k.split('_')[0]} {v}" for k, v in found.items() if k.endswith("_version") and v)
+    return True, f"{connection.name}: reachable as {found.get('user') or 'unknown user'}; {versions}; setup complete"
 
 
 def engine_register(
@@ -40,6 +75,7 @@ def engine_register(
     verify_tls: bool = True,
     connect_timeout: float | None = None,
     read_timeout: float | None = None,
+    max_concurrency: int | None = None,
 ) -> tuple[EngineConnection, dict, bool]:
     """Check an ERPNext engine and save its connection (updating the one of that name). Returns the connection, what
     the check found, and whether it was created. Nothing is saved when the check fails.
@@ -61,10 +97,8 @@ def engine_register(
     for field, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
         if value is not None and value <= 0:
             errors[field] = ["A number of seconds above 0"]
-    if errors:
-        raise InvalidInput(
-            "Invalid engine: " + "; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()), fields=errors
-        )
+    errors.update(_max_concurrency_errors(max_concurrency))
+    _raise_invalid(errors)
     connection = EngineConnection.objects.filter(name=name).first() or EngineConnection(name=name)
     if connection.pk and connection.kind != EngineConnection.Kind.ERPNEXT:
         raise InvalidInput(f"Engine '{name}' is a {connection.kind} engine; choose another name")
@@ -77,10 +111,51 @@ def engine_register(
         connection.connect_timeout = connect_timeout
     if read_timeout is not None:
         connection.read_timeout = read_timeout
+    if max_concurrency is not None:
+        connection.max_concurrency = max_concurrency
     found = engine_check(connection=connection)
     created = connection.pk is None
     connection.save()
     return connection, found, created
+
+
+def engine_register_sandbox(*, name: str, max_concurrency: int | None = None) -> tuple[EngineConnection, bool]:
+    """Save a sandbox engine (updating the one of that name), so operators can rehearse a batch without a server.
+    Returns the connection and whether it was created."""
+    errors = {}
+    try:
+        validate_slug(name or "")
+    except ValidationError:
+        errors["name"] = ["Use letters, digits, hyphens and underscores"]
+    errors.update(_max_concurrency_errors(max_concurrency))
+    _raise_invalid(errors)
+    connection = EngineConnection.objects.filter(name=name).first() or EngineConnection(name=name)
+    if connection.pk and connection.kind != EngineConnection.Kind.SANDBOX:
+        raise InvalidInput(f"Engine '{name}' is a {connection.kind} engine; choose another name")
+    connection.kind = EngineConnection.Kind.SANDBOX
+    if max_concurrency is not None:
+        connection.max_concurrency = max_concurrency
+    created = connection.pk is None
+    connection.save()
+    return connection, created
+
+
+def _max_concurrency_errors(value: int | None) -> dict:
+    field = EngineConnection._meta.get_field("max_concurrency")
+    if value is None:
+        return {}
+    try:
+        field.run_validators(value)
+    except ValidationError:
+        return {"max_concurrency": ["A whole number of steps from 1 to 64"]}
+    return {}
+
+
+def _raise_invalid(errors: dict) -> None:
+    if errors:
+        raise InvalidInput(
+            "Invalid engine: " + "; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()), fields=errors
+        )
 
 
 def engine_secrets_rotate() -> tuple[int, int]:

@@ -1,0 +1,23 @@
+"""Provision N tenants at once into a Frappe-compatible engine with the recorded latencies and the concurrent company
+race, through two real workers, with engine capacity and without; print the figures (lines starting ``FLEET``).
+
+    DATABASE_URL=postgres://… CELERY_BROKER_URL=redis://… .venv/bin/python benchmarks/fleet.py 50 [SCALE]
+
+SCALE (default 1: the recorded latencies, a company create 2.5 s alone) shrinks every latency for a quick rehearsal.
+The scenario is ``tests/fleet/bench_fleet.py``.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+if __name__ == "__main__":
+    tenants = sys.argv[1] if len(sys.argv) > 1 else "50"
+    scale = sys.argv[2] if len(sys.argv) > 2 else "1"
+    command = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:logging", "-p", "no:cacheprovider"]
+    command += ["-o", "timeout=3600", "tests/fleet/bench_fleet.py"]
+    env = {**os.environ, "MORAN_FLEET_TENANTS": tenants, "MORAN_FLEET_SCALE": scale}
+    sys.exit(subprocess.call(command, cwd=ROOT, env=env))
