@@ -11,7 +11,7 @@ from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
-from provisioning import services
+from provisioning import runs
 from provisioning.capacity import engine_slot, engine_slots_in_use, step_mark_waiting
 from provisioning.models import StepLog, StepStatus
 from provisioning.recovery import diagnose
@@ -140,7 +140,7 @@ def test_it_counts_slots_per_engine_and_says_nothing_for_other_locks(engine, onb
 
 def test_it_records_a_step_waiting_for_capacity_once_and_the_sweeper_waits_for_it(monkeypatch, engine, onboardings):
     # given a run in charge (its chain is not sent: no worker here)
-    monkeypatch.setattr(services, "run_enqueue", lambda **kw: True)
+    monkeypatch.setattr(runs, "run_enqueue", lambda **kw: True)
     onboarding = onboardings[0]
     run = onboarding_start(onboarding=onboarding)
     # when its first step is turned away twice

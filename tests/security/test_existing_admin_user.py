@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from provisioning.engines.emulator import ERPNextEmulator, MemoryStore
+from provisioning.engines.emulator import ERPNextEmulator
 from provisioning.engines.errors import EngineAuthError
 from provisioning.models import OnboardingStatus
 from provisioning.services import onboarding_continue, onboarding_retry, onboarding_start
@@ -16,6 +16,7 @@ from tenants.models import Tenant
 from tenants.services import tenant_allow_restricting_existing_admin
 from tests.support.commands import run
 from tests.support.factories import make_tenant
+from tests.support.memory_store import MemoryStore
 
 pytestmark = pytest.mark.django_db
 

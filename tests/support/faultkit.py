@@ -322,8 +322,8 @@ class DeadStepWatch:
         self._thread.join(10)
 
     def _run(self):
+        from provisioning.locks import step_lease_key
         from provisioning.recovery import active_runs, held_lease_keys
-        from provisioning.services import step_lease_key
 
         try:
             while not self._stop.wait(0.5):

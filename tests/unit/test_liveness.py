@@ -11,10 +11,12 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from provisioning import services
+from provisioning import execution, runs
+from provisioning.execution import step_execute
+from provisioning.locks import step_lease
 from provisioning.models import Onboarding, ProvisioningRun
 from provisioning.recovery import sweep
-from provisioning.services import onboarding_start, step_execute, step_lease
+from provisioning.runs import onboarding_start
 from provisioning.state import normalised
 from provisioning.steps import STEP_NAMES
 from tests.support.factories import make_tenant
@@ -34,7 +36,7 @@ def lost_broker(monkeypatch):
         ProvisioningRun.objects.filter(pk=run_id).update(enqueued_at=timezone.now())
         return True
 
-    monkeypatch.setattr(services, "run_enqueue", run_enqueue)
+    monkeypatch.setattr(runs, "run_enqueue", run_enqueue)
 
 
 def later(seconds: float) -> dt.datetime:
@@ -55,7 +57,7 @@ def started(upto: int, *, dies_in: str | None = None, monkeypatch=None):
             raise WorkerDied()
 
         with monkeypatch.context() as m, pytest.raises(WorkerDied):
-            m.setattr(services, "execute", dies)
+            m.setattr(execution, "execute", dies)
             step_execute(onboarding_id=tenant.onboarding.pk, run_id=run_id, step_name=dies_in, retries=0, max_retries=3)
     tenant.onboarding.refresh_from_db()
     return tenant
