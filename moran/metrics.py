@@ -17,7 +17,6 @@ from __future__ import annotations
 import hmac
 from collections import defaultdict
 
-from django.apps import apps
 from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Q, Sum
@@ -162,21 +161,15 @@ def step_state_counts() -> dict[tuple[str, str], int]:
 
 
 def step_duration_rows() -> list[tuple]:
-    """Finished step attempts by step: ``(step, count, seconds in all, n <= bucket 0, n <= bucket 1, ...)``.
+    """Finished step attempts by step: ``(step, count, seconds in all, n <= bucket 0, n <= bucket 1, ...)``, in one
+    grouped query over the attempt rows (each holds its own duration), whatever the number of log lines."""
+    from provisioning.models import StepAttempt
 
-    THE ONE PLACE to point at the attempt rows: when ``provisioning.StepAttempt`` exists (one row per attempt with
-    ``step``, ``finished_at`` and ``duration_ms``) the histogram is one grouped query over it. Until then it is derived
-    from the step log in SQL (an attempt's first and last line are written at its start and end; an attempt with a
-    single line is still running) -- correct, but it groups every log line at each scrape."""
-    try:
-        attempt_model = apps.get_model("provisioning", "StepAttempt")
-    except LookupError:
-        return _durations_from_log_lines()
     cumulative = {
         f"le_{i}": Count("id", filter=Q(duration_ms__lte=bound * 1000)) for i, bound in enumerate(DURATION_BUCKETS)
     }
     rows = (
-        attempt_model.objects.filter(finished_at__isnull=False)
+        StepAttempt.objects.filter(finished_at__isnull=False)
         .exclude(duration_ms__isnull=True)
         .values("step")
         .annotate(n=Count("id"), total_ms=Sum("duration_ms"), **cumulative)
@@ -186,29 +179,6 @@ def step_duration_rows() -> list[tuple]:
         (r["step"], r["n"], (r["total_ms"] or 0) / 1000, *(r[f"le_{i}"] for i in range(len(DURATION_BUCKETS))))
         for r in rows
     ]
-
-
-def _durations_from_log_lines() -> list[tuple]:
-    from provisioning.models import StepLog
-
-    if connection.vendor == "postgresql":
-        seconds = "EXTRACT(EPOCH FROM MAX(created_at) - MIN(created_at))"
-    else:
-        seconds = "(julianday(MAX(created_at)) - julianday(MIN(created_at))) * 86400.0"
-    buckets = ", ".join(f"SUM(CASE WHEN seconds <= {bound} THEN 1 ELSE 0 END)" for bound in DURATION_BUCKETS)
-    sql = (
-        f"SELECT step, COUNT(*), SUM(seconds), {buckets} FROM ("  # noqa: S608 -- constants and a model's table
-        f" SELECT step, {seconds} AS seconds FROM {StepLog._meta.db_table}"
-        " WHERE attempt > 0 AND step <> '' GROUP BY onboarding_id, run_id, step, attempt HAVING COUNT(*) >= 2"
-        ") attempts GROUP BY step"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql)
-        # PostgreSQL's EXTRACT gives numerics (Decimal); the histogram wants floats and ints.
-        return [
-            (step, int(n), float(total or 0), *(int(c or 0) for c in cumulative))
-            for step, n, total, *cumulative in cursor.fetchall()
-        ]
 
 
 registry = CollectorRegistry(auto_describe=False)

@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from moran.metrics import DURATION_BUCKETS, step_duration_rows, step_state_counts
-from provisioning.models import Onboarding, StepLog
+from provisioning.models import Onboarding, StepAttempt, StepLog
 from provisioning.state import normalised
 from provisioning.steps import STEP_NAMES
 from tests.support.factories import make_tenant
@@ -41,15 +41,20 @@ def test_step_state_counts_read_every_shape_as_normalised_does():
 
 def log_attempt(onboarding, run_id, step, attempt, seconds, *, finished=True):
     began = timezone.now() - dt.timedelta(hours=1)
-    start = StepLog.objects.create(onboarding=onboarding, run_id=run_id, step=step, attempt=attempt, message="started")
-    StepLog.objects.filter(pk=start.pk).update(created_at=began)
-    if finished:
-        end = StepLog.objects.create(onboarding=onboarding, run_id=run_id, step=step, attempt=attempt, message="done")
-        StepLog.objects.filter(pk=end.pk).update(created_at=began + dt.timedelta(seconds=seconds))
+    StepAttempt.objects.create(
+        onboarding=onboarding,
+        run_id=run_id,
+        step=step,
+        number=attempt,
+        started_at=began,
+        finished_at=began + dt.timedelta(seconds=seconds) if finished else None,
+        outcome=StepAttempt.Outcome.COMPLETED if finished else StepAttempt.Outcome.RUNNING,
+        duration_ms=round(seconds * 1000) if finished else None,
+    )
 
 
 def test_step_durations_are_bucketed_per_finished_attempt():
-    # given two finished attempts of one step (0.2 s and 3 s), one still running, and a line of no attempt
+    # given two finished attempts of one step (0.2 s and 3 s), one still running, and a log line (not an attempt)
     onboarding, run_id = make_tenant().onboarding, uuid.uuid4()
     step = STEP_NAMES[1]
     log_attempt(onboarding, run_id, step, 1, 0.2)
