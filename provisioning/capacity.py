@@ -34,7 +34,7 @@ from django.utils.dateparse import parse_datetime
 
 from provisioning.engines.company_lock import advisory_unlock, company_creation_done, company_held
 from provisioning.models import Onboarding, StepLog, StepStatus
-from provisioning.state import DONE, onboarding_write
+from provisioning.state import DONE, Changed, onboarding_write
 
 #: the step that creates a company, and so must hold the engine's company-creation lock.
 COMPANY_STEP = "step_1_company"
@@ -144,7 +144,6 @@ def step_mark_waiting(*, onboarding_id: int, run_id, step_name: str, reason: str
         min(settings.SWEEP_STEP_DEADLINE / 4, (settings.STEP_RETRY_BACKOFF_MAX + settings.SWEEP_LIVENESS_GRACE) / 2),
     )
     now = timezone.now()
-    box = {}
 
     def change(ob, steps):
         entry = steps[step_name]
@@ -155,7 +154,7 @@ def step_mark_waiting(*, onboarding_id: int, run_id, step_name: str, reason: str
         since = parse_datetime(entry.get("waiting_since") or "") if entry["status"] == StepStatus.WAITING else None
         if since is not None and entry.get("run_id") == str(ob.run_id) and (now - since).total_seconds() < refresh:
             return steps
-        box["first"] = since is None
+        first = since is None
         steps[step_name] = {
             **entry,
             "status": StepStatus.WAITING.value,
@@ -164,13 +163,13 @@ def step_mark_waiting(*, onboarding_id: int, run_id, step_name: str, reason: str
             "waiting_since": now.isoformat().replace("+00:00", "Z"),
             "run_id": str(ob.run_id),
         }
-        return steps
+        # One log line when the step starts waiting, none when it only refreshes its stamp.
+        return Changed(steps, log=reason if first else None)
 
     onboarding_write(
         onboarding_id,
         run_id=run_id,
         change=change,
-        log=lambda: reason if box.get("first") else "",
         log_step=step_name,
         log_level=StepLog.Level.INFO,
     )

@@ -1,5 +1,7 @@
 """The sweeper's wiring: its beat entry, its task, and the check that guards the broker's redelivery settings."""
 
+import os
+
 import pytest
 from django.conf import settings as django_settings
 
@@ -31,8 +33,9 @@ def test_it_warns_when_the_visibility_timeout_is_shorter_than_a_step(settings):
 
 
 def test_the_sweeper_goes_to_a_queue_of_its_own(settings):
-    # given the default: a queue of its own, beside the provisioning queue
-    assert settings.SWEEP_QUEUE == f"{settings.PROVISIONING_QUEUE}.sweeper"
+    # given the default: a queue of its own, beside the configured provisioning queue (a test session's worker fixture
+    # points PROVISIONING_QUEUE elsewhere later; the sweeper's queue was derived at start-up)
+    assert settings.SWEEP_QUEUE == f"{os.environ.get('MORAN_PROVISIONING_QUEUE', 'provisioning')}.sweeper"
     # when / then beat sends the sweep there; with none named, to the default (provisioning) queue
     assert beat_schedule({"provisioning.sweep"})["provisioning.sweep"]["options"]["queue"] == settings.SWEEP_QUEUE
     settings.SWEEP_QUEUE = ""
