@@ -145,7 +145,11 @@ class DoctypeRules:
             "enable_perpetual_inventory": 1,
         }
         company = self._add_raw("Company", name, fields)
-        # What ERPNext makes with a company: its chart, cost centers and warehouses.
+        self._company_defaults(name, abbr, currency)
+        return company
+
+    def _company_defaults(self, name: str, abbr: str, currency: str) -> None:
+        """What ERPNext makes with a company: its chart, cost centers, departments and warehouses."""
         for account_name, parent, is_group, root_type, account_type in STANDARD_CHART:
             self._add_raw(
                 "Account",
@@ -206,7 +210,6 @@ class DoctypeRules:
                     "disabled": 0,
                 },
             )
-        return company
 
     def _create_fiscal_year(self, doc):
         label = (doc.get("year") or "").strip()
@@ -229,27 +232,7 @@ class DoctypeRules:
         companies = [{"company": row.get("company")} for row in doc.get("companies") or []]
         for i, row in enumerate(companies, 1):
             self._require_link("Company", row["company"], f"Row #{i}: Company")
-        mine = {row["company"] for row in companies}
-        for other in self.store.rows("Fiscal Year"):
-            if other["name"] == label:
-                continue
-            o_start, o_end = (
-                dt.date.fromisoformat(other["year_start_date"]),
-                dt.date.fromisoformat(other["year_end_date"]),
-            )
-            if (o_start, o_end) == (start, end):
-                raise EngineValidationError(
-                    f"Fiscal Year Start Date and Fiscal Year End Date are already set in Fiscal Year {other['name']}",
-                    status=417,
-                    exc_type="ValidationError",
-                )
-            theirs = {row["company"] for row in other.get("companies") or []}
-            if start <= o_end and o_start <= end and (not mine or not theirs or mine & theirs):
-                raise EngineConflictError(
-                    f"Year start date or end date is overlapping with {other['name']}. To avoid please set company",
-                    status=409,
-                    exc_type="NameError",
-                )
+        self._check_fiscal_year_overlaps(label, start, end, {row["company"] for row in companies})
         return self._add_raw(
             "Fiscal Year",
             label,
@@ -274,6 +257,30 @@ class DoctypeRules:
                 ],
             },
         )
+
+    def _check_fiscal_year_overlaps(self, label, start, end, mine: set) -> None:
+        """Another year with the same dates (417), or one overlapping it for a shared company or for every company (409
+        NameError: nothing with this name exists, so a 409 is not always "it is already there")."""
+        for other in self.store.rows("Fiscal Year"):
+            if other["name"] == label:
+                continue
+            o_start, o_end = (
+                dt.date.fromisoformat(other["year_start_date"]),
+                dt.date.fromisoformat(other["year_end_date"]),
+            )
+            if (o_start, o_end) == (start, end):
+                raise EngineValidationError(
+                    f"Fiscal Year Start Date and Fiscal Year End Date are already set in Fiscal Year {other['name']}",
+                    status=417,
+                    exc_type="ValidationError",
+                )
+            theirs = {row["company"] for row in other.get("companies") or []}
+            if start <= o_end and o_start <= end and (not mine or not theirs or mine & theirs):
+                raise EngineConflictError(
+                    f"Year start date or end date is overlapping with {other['name']}. To avoid please set company",
+                    status=409,
+                    exc_type="NameError",
+                )
 
     def _validate_update_fiscal_year(self, doc, changes):
         for field in ("year_start_date", "year_end_date"):
