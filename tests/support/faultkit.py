@@ -53,6 +53,8 @@ class RedisServer:
     def start(self):
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", *self.bind, "--save", "", "--appendonly", "no"]
+            # Protected mode refuses clients from any address but loopback; a test's own veth address is its own.
+            + ["--protected-mode", "no" if len(self.bind) > 1 else "yes"]
             + ["--dir", self.dir],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
