@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.db import connection
@@ -69,8 +70,8 @@ def lab(server, settings, django_db_blocker):
     ]
     try:
         with django_db_blocker.unblock(), private_pg.django_connection_to(server, DATABASE), broker(broker_server.url):
-            for process in processes:
-                process.start()
+            with ThreadPoolExecutor() as pool:  # the workers start side by side: each takes seconds to boot
+                list(pool.map(lambda process: process.start(), processes))
             yield server
     finally:
         for process in processes:
