@@ -18,8 +18,9 @@ from django.conf import settings as django_settings
 from django.db import connection
 from django.utils import timezone
 
+from provisioning.locks import step_lease_key
 from provisioning.models import Onboarding, OnboardingStatus, SandboxDocument, SandboxFault, StepLog
-from provisioning.services import onboarding_start, step_lease_key
+from provisioning.services import onboarding_start
 from provisioning.steps import STEP_NAMES
 from tests.support import netns, private_pg
 from tests.support.factories import make_tenant
