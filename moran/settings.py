@@ -221,6 +221,9 @@ if DATABASES["default"]["ENGINE"].endswith("postgresql"):
     _server_side = (
         f"-c tcp_keepalives_idle={DB_KEEPALIVE_IDLE} -c tcp_keepalives_interval={DB_KEEPALIVE_INTERVAL}"
         f" -c tcp_keepalives_count={DB_KEEPALIVE_COUNT}"
+        # Keepalives probe only an idle socket: a session cut off while the server's last reply was still
+        # unacknowledged retransmits instead, for tcp_retries2 (about 15 minutes). Bound that too.
+        f" -c tcp_user_timeout={1000 * (DB_KEEPALIVE_IDLE + DB_KEEPALIVE_INTERVAL * DB_KEEPALIVE_COUNT)}"
     )
     if env.bool("MORAN_DB_CONNECTION_CHECK", default=True):
         _server_side += f" -c client_connection_check_interval={DB_KEEPALIVE_INTERVAL * 1000}"

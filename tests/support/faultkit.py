@@ -40,8 +40,9 @@ class RedisServer:
     """A redis-server of the test's own, on a free port, keeping nothing on disk (a restart loses every message, as
     a crashed broker without persistence would). Never the machine's shared Redis."""
 
-    def __init__(self):
+    def __init__(self, *, bind: tuple[str, ...] = ("127.0.0.1",)):
         self.port = free_port()
+        self.bind = bind
         self.dir = tempfile.mkdtemp(prefix="moran-redis-")
         self.proc: subprocess.Popen | None = None
 
@@ -51,7 +52,9 @@ class RedisServer:
 
     def start(self):
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            ["redis-server", "--port", str(self.port), "--bind", *self.bind, "--save", "", "--appendonly", "no"]
+            # Protected mode refuses clients from any address but loopback; a test's own veth address is its own.
+            + ["--protected-mode", "no" if len(self.bind) > 1 else "yes"]
             + ["--dir", self.dir],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

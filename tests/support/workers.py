@@ -28,8 +28,17 @@ def worker_database_url() -> str:
 class WorkerProcess:
     """A real Celery worker process; ``restart()`` and ``kill()`` serve the fault tests."""
 
-    def __init__(self, queue: str, *, concurrency: int = 2, env: dict | None = None, log_path: Path | None = None):
+    def __init__(
+        self,
+        queue: str,
+        *,
+        concurrency: int = 2,
+        env: dict | None = None,
+        log_path: Path | None = None,
+        prefix: list[str] | None = None,
+    ):
         self.queue = queue
+        self.prefix = prefix or []  # e.g. `ip netns exec <ns>`: the worker runs inside a network namespace
         self.concurrency = concurrency
         self.extra_env = env or {}
         self.log_path = log_path or ROOT / "var" / "test-logs" / f"worker-{queue}.log"
@@ -53,6 +62,7 @@ class WorkerProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [
+                *self.prefix,
                 sys.executable,
                 "-m",
                 "celery",

@@ -170,7 +170,11 @@ def test_the_database_sessions_have_bounded_keepalives(settings):
         idle = cursor.fetchone()[0]
         cursor.execute("SHOW tcp_keepalives_count")
         count = cursor.fetchone()[0]
+        # keepalives probe only an idle socket; unacknowledged data is bounded by the server's tcp_user_timeout
+        cursor.execute("SELECT setting::int FROM pg_settings WHERE name = 'tcp_user_timeout'")
+        server_user_timeout = cursor.fetchone()[0]
     # then a peer that stops answering is given up within about thirty seconds on the server's side too
     options = settings.DATABASES["default"]["OPTIONS"]
     assert options["keepalives"] == 1 and options["tcp_user_timeout"] <= 30_000
     assert (int(idle), int(count)) == (settings.DB_KEEPALIVE_IDLE, settings.DB_KEEPALIVE_COUNT)
+    assert 0 < server_user_timeout <= 30_000
