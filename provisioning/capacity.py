@@ -32,7 +32,8 @@ from django.db import connection
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from provisioning.engines.company_lock import advisory_unlock, company_creation_done, company_held
+from provisioning.engines.company_lock import company_creation_done, company_held
+from provisioning.locks import advisory_unlock, lease_wait, step_lease_key, try_advisory_locks
 from provisioning.models import Onboarding, StepLog, StepStatus
 from provisioning.state import DONE, Changed, onboarding_write
 
@@ -61,9 +62,7 @@ def _enabled() -> bool:
 
 
 def _try_lock(key: int) -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
-        return cursor.fetchone()[0]
+    return try_advisory_locks(key)[0]
 
 
 _unlock = advisory_unlock
@@ -125,6 +124,44 @@ def engine_slot(*, onboarding_id: int, step_name: str, wait: float | None = None
         company_creation_done()
         if grant.slot is not None:
             _unlock(grant.slot)
+
+
+@dataclass(frozen=True)
+class Hold:
+    """What :func:`step_hold` got: the step's lease (False: another delivery runs the step) and a slot."""
+
+    lease: bool
+    grant: Grant
+
+
+@contextlib.contextmanager
+def step_hold(*, run_id, step_name: str, engine_id: int, max_concurrency: int):
+    """The step's lease (:func:`provisioning.locks.step_lease`), then a slot of its engine (:func:`engine_slot`), as
+    a step's execution holds them. The lease and a first slot are tried in one statement and given back in one, which
+    is what a step costs when its engine has room: a round trip each way instead of two."""
+    if connection.vendor != "postgresql":
+        yield Hold(True, Grant(True))
+        return
+    lease = step_lease_key(run_id, step_name)
+    keys = slot_keys(engine_id, max_concurrency) if _enabled() else []
+    # Step 1 takes the company-creation lock before any slot (see _acquire), so it has no first slot to try.
+    first = random.choice(keys) if keys and step_name != COMPANY_STEP else None
+    got = try_advisory_locks(lease, *([first] if first is not None else []))
+    slot = first if first is not None and got[1] else None
+    if not got[0] and not lease_wait(lease, settings.STEP_LEASE_WAIT, tried=True):
+        advisory_unlock(*([slot] if slot is not None else []))
+        yield Hold(False, Grant(False))
+        return
+    grant = None
+    try:
+        if slot is not None or not keys:
+            grant = Grant(True, slot=slot)
+        else:
+            grant = _acquire(keys, company_key(engine_id) if step_name == COMPANY_STEP else None, settings.CAPACITY_WAIT)
+        yield Hold(True, grant)
+    finally:
+        company_creation_done()
+        advisory_unlock(*([grant.slot] if grant is not None and grant.slot is not None else []), lease)
 
 
 def requeue_countdown() -> float:

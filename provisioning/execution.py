@@ -11,20 +11,22 @@ import enum
 import logging
 import random
 from dataclasses import dataclass
+from functools import cache
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, connection
 
 from provisioning.attempts import attempt_begin, attempt_close
-from provisioning.capacity import engine_slot, requeue_countdown, step_mark_waiting
+from provisioning.capacity import requeue_countdown, step_hold, step_mark_waiting
 from provisioning.engines import engine_for
 from provisioning.engines.errors import EngineError
-from provisioning.locks import engine_lock, step_lease
-from provisioning.models import ProvisioningRun, StepAttempt, StepLog, StepStatus
+from provisioning.locks import engine_lock
+from provisioning import rowsql
+from provisioning.models import Onboarding, ProvisioningRun, StepAttempt, StepLog, StepStatus
 from provisioning.state import DONE, Changed, Stale, now_iso, onboarding_write, run_end, step_log_row
 from provisioning.steps import STEP_BY_NAME, STEP_NAMES, StepContext, StepFailed, TenantSpec, execute
-from tenants.models import Tenant
+from tenants.models import EngineConnection, Tenant
 
 logger = logging.getLogger("moran.provisioning")
 
@@ -129,14 +131,21 @@ def step_execute(*, onboarding_id: int, run_id: str, step_name: str, retries: in
     """Run one step for the run in charge. Records every transition through the one writer and returns what the task
     must do next.
 
-    At most one delivery of a step of a run executes at a time: it holds the step's lease (:func:`step_lease`) from
-    before it begins until it recorded its end. A second delivery of the same step (a message redelivered while its
+    At most one delivery of a step of a run executes at a time: it holds the step's lease
+    (:func:`provisioning.locks.step_lease`) from before it begins until it recorded its end. A second delivery of the same step (a message redelivered while its
     first delivery still runs, or a chain continued twice after a worker died between sending the next step and
     acknowledging) finds the lease taken and stops ("duplicate"): the holder's own message stays unacknowledged
     until it ends, so nothing is lost by dropping the copy.
     """
-    with step_lease(run_id, step_name) as held:
-        if not held:
+    tenant = _tenant_of(onboarding_id)
+    if tenant is None:
+        return Outcome(StepOutcome.STALE)  # the tenant was deleted: nothing is left to provision
+    # The attempt holds a slot of its engine from before it begins until its end is recorded; without one within a
+    # short wait, the step waits in the queue instead (not an attempt).
+    with step_hold(
+        run_id=run_id, step_name=step_name, engine_id=tenant.engine_id, max_concurrency=tenant.engine.max_concurrency
+    ) as hold:
+        if not hold.lease:
             message = "a second delivery of this step was dropped: another worker is running it"
             StepLog.objects.create(
                 onboarding_id=onboarding_id,
@@ -147,24 +156,59 @@ def step_execute(*, onboarding_id: int, run_id: str, step_name: str, retries: in
             )
             logger.warning(message, extra={"run_id": str(run_id), "step": step_name, "onboarding": onboarding_id})
             return Outcome(StepOutcome.DUPLICATE)
-        # The attempt holds a slot of its engine from before it begins until its end is recorded; without one
-        # within a short wait, the step waits in the queue instead (not an attempt).
-        with engine_slot(onboarding_id=onboarding_id, step_name=step_name) as slot:
-            if not slot.held:
-                try:
-                    step_mark_waiting(
-                        onboarding_id=onboarding_id, run_id=run_id, step_name=step_name, reason=slot.reason
-                    )
-                except Stale:
-                    return Outcome(StepOutcome.STALE)
-                return Outcome(StepOutcome.WAIT, slot.reason, requeue_countdown())
-            return _step_execute(
-                onboarding_id=onboarding_id,
-                run_id=run_id,
-                step_name=step_name,
-                retries=retries,
-                max_retries=max_retries,
-            )
+        if not hold.grant.held:
+            try:
+                step_mark_waiting(
+                    onboarding_id=onboarding_id, run_id=run_id, step_name=step_name, reason=hold.grant.reason
+                )
+            except Stale:
+                return Outcome(StepOutcome.STALE)
+            return Outcome(StepOutcome.WAIT, hold.grant.reason, requeue_countdown())
+        return _step_execute(
+            onboarding_id=onboarding_id,
+            run_id=run_id,
+            step_name=step_name,
+            retries=retries,
+            max_retries=max_retries,
+            tenant=tenant,
+        )
+
+
+def _tenant_of(onboarding_id: int) -> Tenant | None:
+    """The onboarding's tenant and engine connection: the step's first statement, and its connection check. Django
+    checks a reused connection with a round trip of its own before each task (``CONN_HEALTH_CHECKS``); a step skips
+    it: a connection that died while idle (PostgreSQL restarted) fails this read, which opens a new one and reads
+    again, once."""
+    connection.health_check_done = True
+    try:
+        return _tenant_read(onboarding_id)
+    except (OperationalError, InterfaceError):
+        if connection.in_atomic_block:
+            raise
+        connection.close()
+        return _tenant_read(onboarding_id)
+
+
+def _tenant_read(onboarding_id: int) -> Tenant | None:
+    if connection.vendor != "postgresql":
+        return Tenant.objects.select_related("engine").filter(onboarding__pk=onboarding_id).first()
+    with connection.cursor() as cursor:
+        cursor.execute(_tenant_sql(), [onboarding_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    tenant = rowsql.load(Tenant, row)
+    tenant.engine = rowsql.load(EngineConnection, row, rowsql.width(Tenant))
+    return tenant
+
+
+@cache
+def _tenant_sql() -> str:
+    tenants, engines, onboardings = (m._meta.db_table for m in (Tenant, EngineConnection, Onboarding))
+    return (
+        f"SELECT {rowsql.columns(Tenant, 't')}, {rowsql.columns(EngineConnection, 'e')} FROM {tenants} t"
+        f" JOIN {engines} e ON e.id = t.engine_id JOIN {onboardings} o ON o.tenant_id = t.id WHERE o.id = %s"
+    )
 
 
 def _step_begin(ob, steps, *, step_name: str):
@@ -205,7 +249,9 @@ def _step_begin(ob, steps, *, step_name: str):
     return Changed(steps, result=attempt)
 
 
-def _step_execute(*, onboarding_id: int, run_id: str, step_name: str, retries: int, max_retries: int) -> Outcome:
+def _step_execute(
+    *, onboarding_id: int, run_id: str, step_name: str, retries: int, max_retries: int, tenant: Tenant
+) -> Outcome:
     step = STEP_BY_NAME[step_name]
     try:
         onboarding, attempt = onboarding_write(
@@ -217,11 +263,10 @@ def _step_execute(*, onboarding_id: int, run_id: str, step_name: str, retries: i
         return Outcome(StepOutcome.DONE, "already completed in this run")
     logger.info("attempt %s started", attempt, extra={"run_id": str(run_id), "step": step_name})
 
-    tenant = Tenant.objects.select_related("engine").get(pk=onboarding.tenant_id)
     skipped = frozenset(n for n, e in onboarding.provisioning_steps.items() if e.get("status") == StepStatus.SKIPPED)
     ctx = StepContext(
         engine=engine_for(tenant.engine, tenant=tenant, step=step_name),
-        spec=TenantSpec.from_tenant(tenant),
+        spec=TenantSpec.from_tenant(tenant, admin_history=step.reads_admin_history),
         skipped=skipped,
     )
     try:

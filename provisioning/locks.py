@@ -32,25 +32,44 @@ def step_lease(run_id, step_name: str, *, wait: float | None = None):
     if connection.vendor != "postgresql":
         yield True
         return
-    wait = settings.STEP_LEASE_WAIT if wait is None else wait
     key = step_lease_key(run_id, step_name)
-    deadline = time.monotonic() + wait
-    while True:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
-            held = cursor.fetchone()[0]
-        if held or time.monotonic() >= deadline:
-            break
-        time.sleep(0.25)
+    held = lease_wait(key, settings.STEP_LEASE_WAIT if wait is None else wait)
     try:
         yield held
     finally:
         if held:
-            try:
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
-            except (OperationalError, InterfaceError):
-                pass  # the session is gone, and the lock with it
+            advisory_unlock(key)
+
+
+def lease_wait(key: int, wait: float, *, tried: bool = False) -> bool:
+    """Try the session advisory lock ``key`` until it is held or ``wait`` seconds passed (``tried``: the first try
+    was made already, in a statement of the caller's)."""
+    deadline = time.monotonic() + wait
+    if not tried and try_advisory_locks(key)[0]:
+        return True
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        if try_advisory_locks(key)[0]:
+            return True
+    return False
+
+
+def try_advisory_locks(*keys: int) -> list[bool]:
+    """Try session advisory locks, in one statement (left to right): one round trip, whatever their number."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT " + ", ".join(["pg_try_advisory_lock(%s)"] * len(keys)), list(keys))
+        return list(cursor.fetchone())
+
+
+def advisory_unlock(*keys: int) -> None:
+    """Give session advisory locks back, in one statement. A session that is gone has given them back already."""
+    if not keys:
+        return
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT " + ", ".join(["pg_advisory_unlock(%s)"] * len(keys)), list(keys))
+    except (OperationalError, InterfaceError):
+        pass
 
 
 def step_lease_free(run_id, step_name: str) -> bool:

@@ -10,7 +10,6 @@ saved) and lost updates between two writers cannot happen through it.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 import uuid
@@ -23,6 +22,8 @@ from django.utils import timezone
 
 from provisioning.batch_hooks import batch_run_ended
 from provisioning.models import Onboarding, OnboardingStatus, ProvisioningRun, StepLog, StepStatus
+from provisioning.pending import add_row, pending_begin, pending_write
+from provisioning.rowsql import select_for_update
 from provisioning.steps import STEP_BY_NAME, STEPS, TOTAL_STEPS
 from provisioning.webhooks.outbox import onboarding_run_ended
 
@@ -161,31 +162,36 @@ def onboarding_write(
 
 def _onboarding_write(onboarding_id, *, run_id, change, log, log_step, log_level, log_attempt) -> Written:
     with transaction.atomic():
-        onboarding = Onboarding.objects.select_for_update().get(pk=onboarding_id)
+        onboarding = select_for_update(Onboarding, onboarding_id)
         if run_id is not ANY_RUN and onboarding.run_id != (uuid.UUID(str(run_id)) if run_id else None):
             raise Stale(f"run {run_id} is not in charge of onboarding {onboarding_id} (run {onboarding.run_id} is)")
         run_before = onboarding.run_id
-        changed = change(onboarding, copy.deepcopy(normalised(onboarding.provisioning_steps)))
+        pending_begin(onboarding)  # the log lines and attempt rows the change writes go with the state's UPDATE
+        changed = change(onboarding, state_copy(onboarding.provisioning_steps))
         if not isinstance(changed, Changed):
             changed = Changed(changed)
-        _save_state(onboarding, changed.steps)
+        _apply_state(onboarding, changed.steps)
+        log = changed.log or log
+        # The run this write belongs to: the one it starts, the one in charge, or the one it ended.
+        log_run = onboarding.run_id or run_before
+        if log:
+            add_row(
+                onboarding,
+                StepLog(
+                    onboarding=onboarding,
+                    run_id=onboarding.run_id or (run_id if run_id is not ANY_RUN else None),
+                    step=log_step,
+                    attempt=log_attempt,
+                    level=log_level,
+                    message=log,
+                ),
+            )
+        pending_write(onboarding)
         if run_before is not None and onboarding.run_id is None:
             # This write ended the run in charge (a run ends once: under this lock). Announce its end state; the
             # announcement commits (or rolls back) with the state.
             onboarding_run_ended(onboarding=onboarding, run_id=run_before, status=onboarding.status)
             batch_run_ended(onboarding=onboarding)
-        log = changed.log or log
-        # The run this write belongs to: the one it starts, the one in charge, or the one it ended.
-        log_run = onboarding.run_id or run_before
-        if log:
-            StepLog.objects.create(
-                onboarding=onboarding,
-                run_id=onboarding.run_id or (run_id if run_id is not ANY_RUN else None),
-                step=log_step,
-                attempt=log_attempt,
-                level=log_level,
-                message=log,
-            )
     if log:
         logger.log(
             {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}[log_level],
@@ -195,7 +201,21 @@ def _onboarding_write(onboarding_id, *, run_id, change, log, log_step, log_level
     return Written(onboarding, changed.result)
 
 
-def _save_state(onboarding: Onboarding, steps: dict) -> None:
+def state_copy(steps: dict) -> dict:
+    """The normalised step states as new objects all the way down, for a change to edit: a JSON document's copy
+    (dicts, lists and scalars only), several times cheaper than ``copy.deepcopy`` on the hot path."""
+    return _json_copy(normalised(steps))
+
+
+def _json_copy(value):
+    if isinstance(value, dict):
+        return {key: _json_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_copy(item) for item in value]
+    return value
+
+
+def _apply_state(onboarding: Onboarding, steps: dict) -> None:
     onboarding.provisioning_steps = steps  # a new object, assigned: never a dict mutated in place
     derived = derive(steps, run_active=onboarding.run_id is not None, previous_status=onboarding.status)
     onboarding.status = derived.status
@@ -204,13 +224,13 @@ def _save_state(onboarding: Onboarding, steps: dict) -> None:
     onboarding.progress = derived.progress
     onboarding.version += 1
     onboarding._saving_state = True
-    onboarding.save()
 
 
 def step_log_row(onboarding: Onboarding, step: str, attempt: int, message: str, level=StepLog.Level.INFO) -> None:
     """Inside :func:`onboarding_write`'s change: a log line that commits or rolls back with the state."""
-    StepLog.objects.create(
-        onboarding=onboarding, run_id=onboarding.run_id, step=step, attempt=attempt, level=level, message=message
+    add_row(
+        onboarding,
+        StepLog(onboarding=onboarding, run_id=onboarding.run_id, step=step, attempt=attempt, level=level, message=message),
     )
 
 

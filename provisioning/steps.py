@@ -56,7 +56,9 @@ class TenantSpec:
     admin_created_by_moran: bool = False
 
     @classmethod
-    def from_tenant(cls, tenant) -> TenantSpec:
+    def from_tenant(cls, tenant, *, admin_history: bool = True) -> TenantSpec:
+        """``admin_history=False`` skips the one query of :attr:`admin_created_by_moran`, for a step that does not
+        read it (see :attr:`Step.reads_admin_history`)."""
         return cls(
             company=tenant.company_name,
             abbr=tenant.abbr,
@@ -67,7 +69,7 @@ class TenantSpec:
             cost_centers=tuple(tenant.extra_cost_centers or ()),
             warehouses=tuple(tenant.extra_warehouses or ()),
             allow_restricting_existing_admin=bool(getattr(tenant, "allow_restricting_existing_admin", False)),
-            admin_created_by_moran=_admin_created_by_moran(tenant),
+            admin_created_by_moran=admin_history and _admin_created_by_moran(tenant),
         )
 
 
@@ -118,6 +120,8 @@ class Step:
     name: str = ""
     title: str = ""
     optional: bool = False
+    #: the step reads ``spec.admin_created_by_moran`` (a query over the engine's other tenants): only then is it made
+    reads_admin_history: bool = False
 
     def look(self, ctx: StepContext) -> Look:
         raise NotImplementedError
@@ -444,6 +448,7 @@ class MasterDataStep(Step):
 class AdminUserStep(Step):
     name = "step_7_admin_user"
     title = "Tenant admin user"
+    reads_admin_history = True
 
     def look(self, ctx):
         spec = ctx.spec
@@ -490,6 +495,7 @@ class UserPermissionStep(Step):
 
     name = "step_8_user_permissions"
     title = "User permission on the company"
+    reads_admin_history = True
 
     def look(self, ctx):
         spec = ctx.spec

@@ -1,0 +1,77 @@
+"""Rows that a change of the one writer writes with the state: collected while the change runs, then written by the
+writer together with the onboarding's UPDATE.
+
+On PostgreSQL they go in the same statement as that UPDATE (``WITH w0 AS (INSERT …), w1 AS (UPDATE …) UPDATE
+onboarding …``): one round trip instead of one per row, which is most of a step's own cost. A statement is atomic, so
+the rows and the state still commit or roll back together. Rows of one model go in one multi-row INSERT, in the order
+the change added them, so log lines keep their order. Elsewhere (SQLite, the embedded mode) they are written one after
+the other, inside the writer's transaction all the same.
+"""
+
+from __future__ import annotations
+
+from django.db import connection
+from django.db.models import Model
+
+from provisioning.rowsql import insert_sql, save_sql, update_sql
+
+_ATTR = "_pending_writes"
+
+
+def pending_begin(instance: Model) -> None:
+    """The writer starts collecting for ``instance`` (the locked onboarding)."""
+    setattr(instance, _ATTR, [])
+
+
+def _pending(instance: Model) -> list | None:
+    return getattr(instance, _ATTR, None)
+
+
+def add_row(owner: Model, row: Model) -> None:
+    """Insert ``row`` with ``owner``'s state (at once when no write is collecting for it)."""
+    pending = _pending(owner)
+    if pending is None:
+        row.save(force_insert=True)
+    else:
+        pending.append(("insert", row))
+
+
+def add_update(owner: Model, model: type[Model], where: dict, values: dict) -> None:
+    """``model.objects.filter(**where).update(**values)`` with ``owner``'s state (``where``: equalities on fields;
+    at once when no write is collecting for it)."""
+    pending = _pending(owner)
+    if pending is None:
+        model.objects.filter(**where).update(**values)
+    else:
+        pending.append(("update", (model, where, values)))
+
+
+def pending_write(instance: Model) -> None:
+    """Save ``instance`` (every field, as ``save()`` would) with the rows collected for it, and stop collecting."""
+    pending = _pending(instance) or []
+    setattr(instance, _ATTR, None)
+    if connection.vendor != "postgresql":
+        for kind, item in pending:
+            if kind == "insert":
+                item.save(force_insert=True)
+            else:
+                model, where, values = item
+                model.objects.filter(**where).update(**values)
+        instance.save()
+        return
+    parts = _inserts(pending) + [update_sql(*item) for kind, item in pending if kind == "update"]
+    sql, params = save_sql(instance)
+    if parts:
+        sql = "WITH " + ", ".join(f"w{i} AS ({part})" for i, (part, _) in enumerate(parts)) + " " + sql
+        params = [p for _, part_params in parts for p in part_params] + params
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def _inserts(pending) -> list[tuple[str, list]]:
+    """One multi-row INSERT per model, rows in the order they were added."""
+    by_model: dict[type, list[Model]] = {}
+    for kind, item in pending:
+        if kind == "insert":
+            by_model.setdefault(type(item), []).append(item)
+    return [insert_sql(model, rows) for model, rows in by_model.items()]
