@@ -130,7 +130,8 @@ class StepLog(models.Model):
         WARNING = "warning"
         ERROR = "error"
 
-    onboarding = models.ForeignKey(Onboarding, on_delete=models.CASCADE, related_name="logs")
+    # No index of its own: (onboarding, id) below serves every lookup by onboarding, and each index costs every insert.
+    onboarding = models.ForeignKey(Onboarding, on_delete=models.CASCADE, related_name="logs", db_index=False)
     run_id = models.UUIDField(null=True, blank=True)
     step = models.CharField(max_length=64, blank=True)
     attempt = models.PositiveSmallIntegerField(default=0)
@@ -169,7 +170,8 @@ class StepAttempt(models.Model):
         SWEEPER = "sweeper"
         OPERATOR = "operator"
 
-    onboarding = models.ForeignKey(Onboarding, on_delete=models.CASCADE, related_name="attempts")
+    # No index of its own: the unique (onboarding, step, number) serves every lookup by onboarding.
+    onboarding = models.ForeignKey(Onboarding, on_delete=models.CASCADE, related_name="attempts", db_index=False)
     run_id = models.UUIDField()
     step = models.CharField(max_length=64)
     # Counts across runs, like the step state's ``attempts``: (onboarding, step, number) names one attempt.
