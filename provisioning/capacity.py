@@ -157,7 +157,9 @@ def step_hold(*, run_id, step_name: str, engine_id: int, max_concurrency: int):
         if slot is not None or not keys:
             grant = Grant(True, slot=slot)
         else:
-            grant = _acquire(keys, company_key(engine_id) if step_name == COMPANY_STEP else None, settings.CAPACITY_WAIT)
+            grant = _acquire(
+                keys, company_key(engine_id) if step_name == COMPANY_STEP else None, settings.CAPACITY_WAIT
+            )
         yield Hold(True, grant)
     finally:
         company_creation_done()

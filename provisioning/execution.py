@@ -17,12 +17,12 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 
+from provisioning import rowsql
 from provisioning.attempts import attempt_begin, attempt_close
 from provisioning.capacity import requeue_countdown, step_hold, step_mark_waiting
 from provisioning.engines import engine_for
 from provisioning.engines.errors import EngineError
 from provisioning.locks import engine_lock
-from provisioning import rowsql
 from provisioning.models import Onboarding, ProvisioningRun, StepAttempt, StepLog, StepStatus
 from provisioning.state import DONE, Changed, Stale, now_iso, onboarding_write, run_end, step_log_row
 from provisioning.steps import STEP_BY_NAME, STEP_NAMES, StepContext, StepFailed, TenantSpec, execute

@@ -230,7 +230,9 @@ def step_log_row(onboarding: Onboarding, step: str, attempt: int, message: str, 
     """Inside :func:`onboarding_write`'s change: a log line that commits or rolls back with the state."""
     add_row(
         onboarding,
-        StepLog(onboarding=onboarding, run_id=onboarding.run_id, step=step, attempt=attempt, level=level, message=message),
+        StepLog(
+            onboarding=onboarding, run_id=onboarding.run_id, step=step, attempt=attempt, level=level, message=message
+        ),
     )
 
 
