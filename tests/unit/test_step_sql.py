@@ -1,0 +1,167 @@
+"""The step path's lean SQL (provisioning.pending, provisioning.rowsql, the step's hold): the rows a change writes go
+with the state in one statement, what it loads equals what the ORM loads, and the lease and slot come back whatever
+happens."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from provisioning import execution, runs
+from provisioning.capacity import engine_slots_in_use, step_hold
+from provisioning.locks import step_lease_key, try_advisory_locks
+from provisioning.models import Onboarding, StepAttempt, StepLog
+from provisioning.rowsql import select_for_update
+from provisioning.runs import onboarding_start
+from provisioning.state import Changed, onboarding_write, step_log_row
+from provisioning.steps import STEP_NAMES
+from tenants.models import Tenant
+from tests.support.factories import make_tenant
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+postgres_only = pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's statements and locks")
+
+
+@pytest.fixture
+def started(monkeypatch):
+    monkeypatch.setattr(runs, "run_enqueue", lambda *, run_id: True)  # committed, never sent: steps by hand
+    tenant = make_tenant(slug="lean")
+    onboarding_start(onboarding=tenant.onboarding)
+    tenant.onboarding.refresh_from_db()
+    return tenant.onboarding
+
+
+def deliver(onboarding, step_name):
+    onboarding.refresh_from_db()
+    return execution.step_execute(
+        onboarding_id=onboarding.pk, run_id=str(onboarding.run_id), step_name=step_name, retries=0, max_retries=3
+    )
+
+
+@postgres_only
+def test_the_rows_of_a_change_and_the_state_are_one_statement(started):
+    def change(ob, steps):
+        step_log_row(ob, STEP_NAMES[0], 1, "first")
+        step_log_row(ob, STEP_NAMES[0], 1, "second")
+        return Changed(steps, log="third")
+
+    with CaptureQueriesContext(connection) as queries:
+        onboarding_write(started.pk, run_id=started.run_id, change=change)
+    sqls = [q["sql"] for q in queries.captured_queries if q["sql"] not in ("BEGIN", "COMMIT")]
+    # the lock, then one statement with the log lines and the UPDATE
+    assert len(sqls) == 2, sqls
+    assert "FOR UPDATE" in sqls[0]
+    assert sqls[1].startswith("WITH") and "provisioning_steplog" in sqls[1] and "UPDATE" in sqls[1]
+    lines = list(StepLog.objects.filter(onboarding=started).order_by("id").values_list("message", flat=True))
+    assert lines[-3:] == ["first", "second", "third"]  # one multi-row INSERT keeps their order
+    started.refresh_from_db()
+    assert started.version > 0
+
+
+def test_a_change_that_fails_writes_none_of_its_rows(started):
+    before = StepLog.objects.count(), StepAttempt.objects.count()
+
+    def change(ob, steps):
+        step_log_row(ob, STEP_NAMES[0], 1, "never written")
+        raise RuntimeError("the change failed")
+
+    with pytest.raises(RuntimeError):
+        onboarding_write(started.pk, run_id=started.run_id, change=change)
+    assert (StepLog.objects.count(), StepAttempt.objects.count()) == before
+    assert not StepLog.objects.filter(message="never written").exists()
+
+
+def test_a_step_writes_its_attempt_and_its_lines_with_its_state(started):
+    outcome = deliver(started, STEP_NAMES[0])
+    assert outcome.kind == execution.StepOutcome.DONE
+    started.refresh_from_db()
+    entry = started.provisioning_steps[STEP_NAMES[0]]
+    attempt = StepAttempt.objects.get(onboarding=started, step=STEP_NAMES[0])
+    assert (entry["status"], entry["attempts"], attempt.number, attempt.outcome) == ("completed", 1, 1, "completed")
+    assert attempt.duration_ms is not None and attempt.finished_at >= attempt.started_at
+    lines = list(StepLog.objects.filter(onboarding=started, step=STEP_NAMES[0]).order_by("id"))
+    assert [line.message for line in lines][0] == "attempt 1 started"
+    assert lines[-1].message.startswith("completed")
+    assert all(line.run_id == started.run_id for line in lines)
+
+
+def test_the_locked_read_loads_what_the_orm_loads(started):
+    from django.db import transaction
+
+    with transaction.atomic():
+        lean = select_for_update(Onboarding, started.pk)
+    orm = Onboarding.objects.get(pk=started.pk)
+    fields = [f.attname for f in Onboarding._meta.concrete_fields]
+    assert {f: getattr(lean, f) for f in fields} == {f: getattr(orm, f) for f in fields}
+    assert isinstance(lean.provisioning_steps, dict) and not lean._state.adding
+    with pytest.raises(Onboarding.DoesNotExist), transaction.atomic():
+        select_for_update(Onboarding, 10**9)
+
+
+def test_the_tenant_read_loads_the_tenant_and_its_engine(started):
+    tenant = execution._tenant_of(started.pk)
+    orm = Tenant.objects.select_related("engine").get(pk=started.tenant_id)
+    fields = [f.attname for f in Tenant._meta.concrete_fields]
+    assert {f: getattr(tenant, f) for f in fields} == {f: getattr(orm, f) for f in fields}
+    assert tenant.engine == orm.engine and tenant.engine.max_concurrency == orm.engine.max_concurrency
+    assert execution._tenant_of(10**9) is None
+
+
+@postgres_only
+def test_the_tenant_read_opens_a_new_connection_when_the_old_one_died(started):
+    execution._tenant_of(started.pk)
+    # The server ends this session (as a restart would) while the connection sits idle between tasks.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    from django.db import connections
+
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+    finally:
+        other.close()
+    tenant = execution._tenant_of(started.pk)
+    assert tenant is not None and tenant.pk == started.tenant_id
+
+
+@postgres_only
+def test_the_hold_gives_lease_and_slot_back(started):
+    tenant = Tenant.objects.select_related("engine").get(pk=started.tenant_id)
+    engine = tenant.engine
+    with step_hold(
+        run_id=started.run_id, step_name=STEP_NAMES[3], engine_id=engine.pk, max_concurrency=engine.max_concurrency
+    ) as hold:
+        assert hold.lease and hold.grant.held and hold.grant.slot is not None
+        assert engine_slots_in_use([engine]) == {engine.pk: 1}
+    assert engine_slots_in_use([engine]) == {engine.pk: 0}
+    assert try_advisory_locks(step_lease_key(started.run_id, STEP_NAMES[3])) == [True]  # free again
+    from provisioning.locks import advisory_unlock
+
+    advisory_unlock(step_lease_key(started.run_id, STEP_NAMES[3]))
+
+
+@postgres_only
+def test_a_duplicate_delivery_keeps_no_slot(started, settings):
+    """Another session holds the step's lease: the hold says so, and the slot tried with the lease is given back."""
+    from django.db import connections
+
+    settings.STEP_LEASE_WAIT = 0.3
+    tenant = Tenant.objects.select_related("engine").get(pk=started.tenant_id)
+    engine = tenant.engine
+    key = step_lease_key(started.run_id, STEP_NAMES[3])
+    holder = connections.create_connection("default")
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", [key])
+        with step_hold(
+            run_id=started.run_id, step_name=STEP_NAMES[3], engine_id=engine.pk, max_concurrency=engine.max_concurrency
+        ) as hold:
+            assert not hold.lease and not hold.grant.held
+            assert engine_slots_in_use([engine]) == {engine.pk: 0}
+    finally:
+        holder.close()
+    assert engine_slots_in_use([engine]) == {engine.pk: 0}
