@@ -13,7 +13,7 @@ from __future__ import annotations
 from django.db import connection
 from django.db.models import Model
 
-from provisioning.rowsql import insert_sql, save_sql, update_sql
+from provisioning.rowsql import insert_if_sql, insert_sql, save_if_sql, save_sql, update_sql
 
 _ATTR = "_pending_writes"
 
@@ -75,3 +75,26 @@ def _inserts(pending) -> list[tuple[str, list]]:
         if kind == "insert":
             by_model.setdefault(type(item), []).append(item)
     return [insert_sql(model, rows) for model, rows in by_model.items()]
+
+
+def pending_write_if(instance: Model, *, version_field: str, expected) -> bool:
+    """:func:`pending_write` as one compare-and-swap statement (PostgreSQL, outside a transaction): the row is saved,
+    and the collected rows written, only if its ``version_field`` is still ``expected``. Returns whether it was."""
+    pending = _pending(instance) or []
+    setattr(instance, _ATTR, None)
+    sql, params = save_if_sql(instance, version_field=version_field, expected=expected)
+    parts = [("u", sql, params)]
+    by_model: dict[type, list[Model]] = {}
+    for kind, item in pending:
+        if kind == "insert":
+            by_model.setdefault(type(item), []).append(item)
+    for model, rows in by_model.items():
+        parts.append((f"w{len(parts)}", *insert_if_sql(model, rows, source="u")))
+    for kind, item in pending:
+        if kind == "update":
+            sql, params = update_sql(*item)
+            parts.append((f"w{len(parts)}", sql + " AND EXISTS (SELECT 1 FROM u)", params))
+    statement = "WITH " + ", ".join(f"{name} AS ({sql})" for name, sql, _ in parts) + " SELECT count(*) FROM u"
+    with connection.cursor() as cursor:
+        cursor.execute(statement, [p for _, _, part_params in parts for p in part_params])
+        return cursor.fetchone()[0] == 1

@@ -9,6 +9,7 @@ statements is kept, never a row: nothing here can go stale. Elsewhere (SQLite, t
 
 from __future__ import annotations
 
+import re
 from functools import cache
 
 from django.db import connection
@@ -117,3 +118,31 @@ def select_for_update(model: type[Model], pk) -> Model:
     if row is None:
         raise model.DoesNotExist(f"{model._meta.object_name} matching query does not exist.")
     return load(model, row)
+
+
+@cache
+def _insert_select_head(model: type[Model]) -> tuple[str, str, tuple]:
+    """The INSERT of rows that exist only when ``u`` (the conditional UPDATE of the same statement) matched: typed
+    placeholders, since a VALUES list in a sub-select does not take its columns' types from the target."""
+    head, fields = _insert_head(model)
+    one = "(" + ", ".join(f"%s::{_cast_type(f)}" for f in fields) + ")"
+    return head.removesuffix(" VALUES "), one, fields
+
+
+def _cast_type(field) -> str:
+    # varchar without its length: a cast would cut a long value short where the column refuses it
+    return re.sub(r"^varchar\(\d+\)$", "varchar", field.cast_db_type(connection))
+
+
+def insert_if_sql(model: type[Model], rows: list[Model], *, source: str) -> tuple[str, list]:
+    """Like :func:`insert_sql`, but the rows are inserted only when the CTE ``source`` returned a row."""
+    head, one, fields = _insert_select_head(model)
+    params = [f.get_db_prep_save(f.pre_save(row, True), connection) for row in rows for f in fields]
+    return f"{head} SELECT v.* FROM {source} CROSS JOIN (VALUES {', '.join([one] * len(rows))}) v", params
+
+
+def save_if_sql(instance: Model, *, version_field: str, expected) -> tuple[str, list]:
+    """The UPDATE of :func:`save_sql`, only when the row's ``version_field`` is still ``expected``; returns a row
+    when it matched."""
+    sql, params = save_sql(instance)
+    return f"{sql} AND {_qn(_by_name(type(instance))[version_field].column)} = %s RETURNING 1", [*params, expected]

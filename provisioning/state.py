@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from provisioning.batch_hooks import batch_run_ended
 from provisioning.models import Onboarding, OnboardingStatus, ProvisioningRun, StepLog, StepStatus
-from provisioning.pending import add_row, pending_begin, pending_write
+from provisioning.pending import add_row, pending_begin, pending_write, pending_write_if
 from provisioning.rowsql import select_for_update
 from provisioning.steps import STEP_BY_NAME, STEPS, TOTAL_STEPS
 from provisioning.webhooks.outbox import onboarding_run_ended
@@ -127,6 +127,7 @@ def onboarding_write(
     log_step: str = "",
     log_level: str = StepLog.Level.INFO,
     log_attempt: int = 0,
+    read: Onboarding | None = None,
 ) -> Written:
     """Lock, fence, change, derive, save, log: atomically. ``change(onboarding, steps)`` gets a deep copy of the
     normalised step states, may also set run fields on the onboarding (and write rows that must commit with the
@@ -138,7 +139,30 @@ def onboarding_write(
     A database connection lost before the commit (PostgreSQL restarted, the backend terminated) is not a lost
     update: outside any outer transaction the write reconnects and is applied again, a few times over a few seconds,
     before the error propagates. ``change`` must therefore be a function of the locked row only (they all are).
+
+    ``read``: the row as its caller read it just before, without a lock (the step executor reads it with the
+    tenant, in the statement it needs anyway). The write is then first tried without a transaction, as one
+    compare-and-swap statement: the change runs on ``read`` and the result is saved only if the row's ``version`` is
+    still the one read — nobody wrote in between, so it is what the locked write would have done. It falls back to
+    the locked write (which runs the change again, on the locked row) when the row changed, when the change sends SQL
+    of its own, or when the write ends the run (its announcements are written under the lock).
     """
+    if read is not None and connection.vendor == "postgresql" and not connection.in_atomic_block:
+        try:
+            written = _conditional_write(
+                read,
+                run_id=run_id,
+                change=change,
+                log=log,
+                log_step=log_step,
+                log_level=log_level,
+                log_attempt=log_attempt,
+            )
+        except (OperationalError, InterfaceError):
+            connection.close()  # the locked write below reconnects and applies it (a change is idempotent on a row)
+            written = None
+        if written is not None:
+            return written
     attempt = 0
     while True:
         try:
@@ -175,30 +199,70 @@ def _onboarding_write(onboarding_id, *, run_id, change, log, log_step, log_level
         # The run this write belongs to: the one it starts, the one in charge, or the one it ended.
         log_run = onboarding.run_id or run_before
         if log:
-            add_row(
-                onboarding,
-                StepLog(
-                    onboarding=onboarding,
-                    run_id=onboarding.run_id or (run_id if run_id is not ANY_RUN else None),
-                    step=log_step,
-                    attempt=log_attempt,
-                    level=log_level,
-                    message=log,
-                ),
-            )
+            add_row(onboarding, _log_line(onboarding, run_id, log, log_step, log_level, log_attempt))
         pending_write(onboarding)
         if run_before is not None and onboarding.run_id is None:
             # This write ended the run in charge (a run ends once: under this lock). Announce its end state; the
             # announcement commits (or rolls back) with the state.
             onboarding_run_ended(onboarding=onboarding, run_id=run_before, status=onboarding.status)
             batch_run_ended(onboarding=onboarding)
+    _log_written(onboarding, log, log_level, log_step, log_run)
+    return Written(onboarding, changed.result)
+
+
+class _NeedsLock(BaseException):
+    """A change tried without the lock sent SQL of its own: it runs again under the lock. A BaseException, so that
+    no handler inside the change takes it for an error of its own."""
+
+
+def _no_sql(execute, sql, params, many, context):
+    raise _NeedsLock()
+
+
+def _conditional_write(read, *, run_id, change, log, log_step, log_level, log_attempt) -> Written | None:
+    """The compare-and-swap form of :func:`_onboarding_write` (see ``read`` in :func:`onboarding_write`). Returns
+    None when the locked write must do it."""
+    if run_id is not ANY_RUN and read.run_id != (uuid.UUID(str(run_id)) if run_id else None):
+        raise Stale(f"run {run_id} is not in charge of onboarding {read.pk} (run {read.run_id} is)")
+    expected, run_before = read.version, read.run_id
+    pending_begin(read)
+    try:
+        with connection.execute_wrapper(_no_sql):
+            changed = change(read, state_copy(read.provisioning_steps))
+    except _NeedsLock:
+        return None
+    if not isinstance(changed, Changed):
+        changed = Changed(changed)
+    _apply_state(read, changed.steps)
+    if run_before is not None and read.run_id is None:
+        return None
+    log = changed.log or log
+    if log:
+        add_row(read, _log_line(read, run_id, log, log_step, log_level, log_attempt))
+    if not pending_write_if(read, version_field="version", expected=expected):
+        return None
+    _log_written(read, log, log_level, log_step, read.run_id)
+    return Written(read, changed.result)
+
+
+def _log_line(onboarding, run_id, log, log_step, log_level, log_attempt) -> StepLog:
+    return StepLog(
+        onboarding=onboarding,
+        run_id=onboarding.run_id or (run_id if run_id is not ANY_RUN else None),
+        step=log_step,
+        attempt=log_attempt,
+        level=log_level,
+        message=log,
+    )
+
+
+def _log_written(onboarding, log, log_level, log_step, log_run) -> None:
     if log:
         logger.log(
             {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}[log_level],
             log,
             extra={"tenant": onboarding.tenant_id, "run_id": str(log_run or ""), "step": log_step},
         )
-    return Written(onboarding, changed.result)
 
 
 def state_copy(steps: dict) -> dict:

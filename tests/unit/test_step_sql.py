@@ -100,32 +100,107 @@ def test_the_locked_read_loads_what_the_orm_loads(started):
         select_for_update(Onboarding, 10**9)
 
 
-def test_the_tenant_read_loads_the_tenant_and_its_engine(started):
-    tenant = execution._tenant_of(started.pk)
+def test_the_first_read_loads_the_tenant_its_engine_and_its_onboarding(started):
+    tenant, onboarding = execution._read(started.pk)
     orm = Tenant.objects.select_related("engine").get(pk=started.tenant_id)
     fields = [f.attname for f in Tenant._meta.concrete_fields]
     assert {f: getattr(tenant, f) for f in fields} == {f: getattr(orm, f) for f in fields}
     assert tenant.engine == orm.engine and tenant.engine.max_concurrency == orm.engine.max_concurrency
-    assert execution._tenant_of(10**9) is None
+    fields = [f.attname for f in Onboarding._meta.concrete_fields]
+    fresh = Onboarding.objects.get(pk=started.pk)
+    assert {f: getattr(onboarding, f) for f in fields} == {f: getattr(fresh, f) for f in fields}
+    assert execution._read(10**9) is None
 
 
 @postgres_only
-def test_the_tenant_read_opens_a_new_connection_when_the_old_one_died(started):
-    execution._tenant_of(started.pk)
-    # The server ends this session (as a restart would) while the connection sits idle between tasks.
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pid FROM pg_stat_activity WHERE pid = pg_backend_pid()")
-        pid = cursor.fetchone()[0]
+def test_the_first_read_opens_a_new_connection_when_the_old_one_died(started):
     from django.db import connections
 
+    execution._read(started.pk)
+    # The server ends this session (as a restart would) while the connection sits idle between tasks.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
     other = connections.create_connection("default")
     try:
         with other.cursor() as cursor:
             cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
     finally:
         other.close()
-    tenant = execution._tenant_of(started.pk)
-    assert tenant is not None and tenant.pk == started.tenant_id
+    tenant, onboarding = execution._read(started.pk)
+    assert tenant.pk == started.tenant_id and onboarding.pk == started.pk
+
+
+@postgres_only
+def test_a_step_writes_without_a_lock_when_nobody_else_writes(settings, monkeypatch):
+    """Read, lease and slot, begin, finish, give back: five statements, no transaction, no row lock (on the null
+    engine, which sends none of its own)."""
+    from tenants.models import EngineConnection
+
+    settings.NULL_ENGINE_ALLOWED = True
+    monkeypatch.setattr(runs, "run_enqueue", lambda *, run_id: True)
+    engine = EngineConnection.objects.create(name="null-test", kind=EngineConnection.Kind.NULL)
+    started = make_tenant(slug="lean-null", engine=engine).onboarding
+    onboarding_start(onboarding=started)
+    for name in STEP_NAMES[:3]:  # the company and fiscal-year steps take engine-wide locks of their own
+        deliver(started, name)
+    started.refresh_from_db()
+    with CaptureQueriesContext(connection) as queries:
+        outcome = execution.step_execute(
+            onboarding_id=started.pk, run_id=str(started.run_id), step_name=STEP_NAMES[3], retries=0, max_retries=3
+        )
+    assert outcome.kind == execution.StepOutcome.DONE
+    sqls = [q["sql"] for q in queries.captured_queries]
+    assert len(sqls) == 5, [s[:60] for s in sqls]
+    assert not any("FOR UPDATE" in sql or sql in ("BEGIN", "COMMIT") for sql in sqls)
+    started.refresh_from_db()
+    assert started.provisioning_steps[STEP_NAMES[3]]["status"] == "completed"
+    assert StepAttempt.objects.get(onboarding=started, step=STEP_NAMES[3]).outcome == "completed"
+
+
+def _count_attempts(ob, steps):
+    entry = steps[STEP_NAMES[0]]
+    steps[STEP_NAMES[0]] = {**entry, "attempts": entry["attempts"] + 1}
+    step_log_row(ob, STEP_NAMES[0], entry["attempts"] + 1, "counted")
+    return steps
+
+
+def test_a_write_over_a_row_that_changed_since_it_was_read_is_done_under_the_lock(started):
+    """The row read, then written by someone else: the write is not lost and not applied on the old copy."""
+    read = Onboarding.objects.get(pk=started.pk)
+    onboarding_write(started.pk, run_id=started.run_id, change=_count_attempts)  # the other writer
+    written = onboarding_write(started.pk, run_id=started.run_id, change=_count_attempts, read=read)
+    started.refresh_from_db()
+    assert started.provisioning_steps[STEP_NAMES[0]]["attempts"] == 2  # both counted, on the latest row
+    assert started.version == written.onboarding.version == Onboarding.objects.get(pk=started.pk).version
+    assert StepLog.objects.filter(onboarding=started, message="counted").count() == 2
+
+
+def test_a_change_that_sends_sql_of_its_own_runs_once_under_the_lock(started):
+    read = Onboarding.objects.get(pk=started.pk)
+    version = read.version
+    calls = []
+
+    def change(ob, steps):
+        calls.append(StepLog.objects.filter(onboarding_id=ob.pk).count())  # SQL: not allowed without the lock
+        return _count_attempts(ob, steps)
+
+    onboarding_write(started.pk, run_id=started.run_id, change=change, read=read)
+    started.refresh_from_db()
+    assert started.version == version + 1  # written once
+    assert started.provisioning_steps[STEP_NAMES[0]]["attempts"] == 1
+    assert StepLog.objects.filter(onboarding=started, message="counted").count() == 1
+    if connection.vendor == "postgresql":
+        assert len(calls) == 1  # the try without the lock stopped at its first statement, before it ran
+
+
+def test_a_stale_read_of_another_run_writes_nothing(started):
+    from provisioning.state import Stale
+
+    read = Onboarding.objects.get(pk=started.pk)
+    with pytest.raises(Stale):
+        onboarding_write(started.pk, run_id="00000000-0000-0000-0000-000000000000", change=_count_attempts, read=read)
+    assert not StepLog.objects.filter(onboarding=started, message="counted").exists()
 
 
 @postgres_only
