@@ -381,56 +381,60 @@ def _ts(column: str) -> str:
 # run_facts() and run_flow(), over every run in charge at once: one row per run, computed from the step states by the
 # database (a thousand JSON documents are neither sent nor parsed), with the same rules. A test holds the two equal.
 _FACTS_SQL = f"""
-SELECT o.id, run.id, run.created_at, run.enqueued_at, o.updated_at, f.*
+SELECT o.id, run.id, run.created_at, run.enqueued_at, o.updated_at, f.began,
+       f.in_flight_i IS NOT NULL,
+       (%(names)s::text[])[f.in_flight_i], f.statuses[f.in_flight_i], f.since[f.in_flight_i], f.attempts[f.in_flight_i],
+       (%(names)s::text[])[f.active_i], f.statuses[f.active_i],
+       CASE WHEN f.last_end_i IS NULL THEN COALESCE(run.enqueued_at, run.created_at)
+         ELSE {_ts("f.finished_raw[f.last_end_i]")} END,
+       (%(names)s::text[])[f.waiting_i],
+       f.began_at,
+       CASE WHEN f.began_at IS NULL THEN NULL
+         WHEN f.began_end_i IS NULL THEN COALESCE(run.enqueued_at, run.created_at)
+         ELSE {_ts("f.finished_raw[f.began_end_i]")} END
 FROM {Onboarding._meta.db_table} o
 JOIN {ProvisioningRun._meta.db_table} run ON run.id = o.run_id
 CROSS JOIN LATERAL (
-  SELECT bool_or(mine),
-         (array_agg(name ORDER BY i) FILTER (WHERE in_flight))[1],
-         (array_agg(status ORDER BY i) FILTER (WHERE in_flight))[1],
-         (array_agg(since ORDER BY i) FILTER (WHERE in_flight))[1],
-         (array_agg(attempts ORDER BY i) FILTER (WHERE in_flight))[1],
-         (array_agg(name ORDER BY i) FILTER (WHERE in_flight AND mine))[1],
-         (array_agg(status ORDER BY i) FILTER (WHERE in_flight AND mine))[1],
-         CASE WHEN bool_or(ends) THEN (array_agg(finished ORDER BY i DESC) FILTER (WHERE ends))[1]
-           ELSE COALESCE(run.enqueued_at, run.created_at) END,
-         (array_agg(name ORDER BY i) FILTER (WHERE status <> ALL(%(done_states)s)))[1],
-         (array_agg(started ORDER BY started DESC, i DESC) FILTER (WHERE mine AND started IS NOT NULL))[1],
-         (array_agg(CASE WHEN previous_end_i IS NULL THEN COALESCE(run.enqueued_at, run.created_at)
-                    ELSE finished_all[previous_end_i] END ORDER BY started DESC, i DESC)
-            FILTER (WHERE mine AND started IS NOT NULL))[1]
+  SELECT bool_or(mine) AS began,
+         MIN(i) FILTER (WHERE in_flight) AS in_flight_i,
+         MIN(i) FILTER (WHERE in_flight AND mine) AS active_i,
+         MAX(i) FILTER (WHERE ends) AS last_end_i,
+         MIN(i) FILTER (WHERE status <> ALL(%(done_states)s)) AS waiting_i,
+         MAX(started) FILTER (WHERE mine) AS began_at,
+         (array_agg(previous_end_i ORDER BY started DESC, i DESC) FILTER (WHERE mine AND started IS NOT NULL))[1]
+           AS began_end_i,
+         array_agg(status ORDER BY i) AS statuses,
+         array_agg(since ORDER BY i) AS since,
+         array_agg(attempts ORDER BY i) AS attempts,
+         array_agg(finished_raw ORDER BY i) AS finished_raw
   FROM (
-    SELECT t.*,
+    SELECT s.*,
+           CASE WHEN mine OR (in_flight AND status = %(running)s) THEN {_ts("started_raw")} END AS started,
+           CASE WHEN NOT in_flight THEN NULL
+             WHEN status = %(waiting)s THEN {_ts("waiting_raw")}
+             WHEN status = %(running)s THEN {_ts("started_raw")}
+             ELSE {_ts("COALESCE(finished_raw, started_raw)")} END AS since,
            MAX(CASE WHEN ends THEN i END) OVER (ORDER BY i ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
-             AS previous_end_i,
-           array_agg(finished) OVER (ORDER BY i ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
-             AS finished_all
+             AS previous_end_i
     FROM (
-      SELECT s.*,
-             {_ts("started_raw")} AS started,
-             {_ts("finished_raw")} AS finished,
-             CASE status WHEN %(waiting)s THEN {_ts("waiting_raw")} WHEN %(running)s THEN {_ts("started_raw")}
-               ELSE {_ts("COALESCE(finished_raw, started_raw)")} END AS since,
-             status = ANY(%(active_states)s) AS in_flight,
-             mine AND status = ANY(%(done_states)s) AND finished_raw IS NOT NULL AS ends
-      FROM (
-        SELECT n.i, n.name,
-               COALESCE(x.e ->> 'status', %(pending)s) AS status,
-               COALESCE(x.e ->> 'run_id' = run.id::text, false) AS mine,
-               CASE WHEN jsonb_typeof(x.e -> 'attempts') = 'number' THEN (x.e ->> 'attempts')::numeric END AS attempts,
-               NULLIF(x.e ->> 'started_at', '') AS started_raw,
-               NULLIF(x.e ->> 'finished_at', '') AS finished_raw,
-               NULLIF(x.e ->> 'waiting_since', '') AS waiting_raw
-        FROM unnest(%(names)s::text[]) WITH ORDINALITY AS n(name, i)
-        -- jsonb_each reads the document once (each "->" on the row's column would read it whole again)
-        LEFT JOIN jsonb_each(CASE jsonb_typeof(o.provisioning_steps) WHEN 'object' THEN o.provisioning_steps
-          ELSE '{{}}'::jsonb END) AS j ON j.key = n.name
-        CROSS JOIN LATERAL (
-          SELECT CASE WHEN jsonb_typeof(j.value) = 'object' THEN j.value ELSE '{{}}'::jsonb END
-        ) AS x(e)
-      ) s
-    ) t
-  ) v
+      SELECT n.i, x.status, x.mine, x.status = ANY(%(active_states)s) AS in_flight,
+             x.mine AND x.status = ANY(%(done_states)s) AND NULLIF(x.e ->> 'finished_at', '') IS NOT NULL AS ends,
+             CASE WHEN jsonb_typeof(x.e -> 'attempts') = 'number' THEN (x.e ->> 'attempts')::numeric END AS attempts,
+             NULLIF(x.e ->> 'started_at', '') AS started_raw,
+             NULLIF(x.e ->> 'finished_at', '') AS finished_raw,
+             NULLIF(x.e ->> 'waiting_since', '') AS waiting_raw
+      FROM unnest(%(names)s::text[]) WITH ORDINALITY AS n(name, i)
+      -- jsonb_each reads the document once (each "->" on the row's column would read it whole again)
+      LEFT JOIN jsonb_each(CASE jsonb_typeof(o.provisioning_steps) WHEN 'object' THEN o.provisioning_steps
+        ELSE '{{}}'::jsonb END) AS j ON j.key = n.name
+      CROSS JOIN LATERAL (
+        SELECT CASE WHEN jsonb_typeof(j.value) = 'object' THEN j.value ELSE '{{}}'::jsonb END
+      ) AS y(e)
+      CROSS JOIN LATERAL (
+        SELECT y.e, COALESCE(y.e ->> 'status', %(pending)s), COALESCE(y.e ->> 'run_id' = run.id::text, false)
+      ) AS x(e, status, mine)
+    ) s
+  ) t
 ) f
 WHERE o.run_id IS NOT NULL AND run.outcome = %(active)s
 ORDER BY o.id
@@ -454,9 +458,9 @@ def active_run_facts() -> list[RunFacts]:
         rows = cursor.fetchall()
     facts = []
     for row in rows:
-        ob_id, run_id, created_at, enqueued_at, updated_at, began = row[:6]
-        name, status, since, attempts, active, active_status, handoff, waiting, began_at, began_handoff = row[6:]
-        in_flight = (name, status, since, int(attempts) if attempts is not None else 0) if name else None
+        ob_id, run_id, created_at, enqueued_at, updated_at, began, any_in_flight = row[:7]
+        name, status, since, attempts, active, active_status, handoff, waiting, began_at, began_handoff = row[7:]
+        in_flight = (name, status, since, int(attempts) if attempts is not None else 0) if any_in_flight else None
         flow = Flow(active, handoff, waiting, began_at, began_handoff, active_status == StepStatus.RUNNING)
         facts.append(RunFacts(ob_id, run_id, created_at, enqueued_at, updated_at, began, in_flight, flow))
     return facts
