@@ -6,9 +6,11 @@ It needs PostgreSQL (``DATABASE_URL`` names the server). It drops, creates, migr
 (``--database``, default ``moran_scale``) in bulk (``bulk_create``, and ``COPY`` for the log lines), then times each
 read in-process through Django's test client (middleware, authentication, rendering included): the status and logs
 of a tenant, the tenant list (first and a deep page) and its search, the admin lists (onboardings, tenants, step logs;
-first and deep page), ``/metrics``, and one pass of the sweeper over ``--active`` runs in flight. Lists are measured
-at two page sizes, to show that their query counts do not grow with the page. ``--reuse`` keeps a database seeded
-by an earlier run.
+first and deep page), the webhook deliveries' admin list, ``/metrics``, and one pass of the sweeper over ``--active``
+runs in flight: their steps began just now and their leases are held by another session, as live workers would hold
+them (the pass then finds nothing to do, and the benchmark says so if it found anything). Lists are measured at two
+page sizes, to show that their query counts do not grow with the page. ``--reuse`` keeps a database seeded by an
+earlier run.
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ def seed(args) -> None:
         copy_log_lines(onboardings, runs, per_tenant=args.lines_per_tenant, now=now)
         spread_timestamps(now)
         seed_attempts()
+        seed_deliveries(now)
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE")
     print(f"seeded {n} tenants, {n * args.lines_per_tenant} log lines in {time.perf_counter() - began:.1f} s")
@@ -223,6 +226,62 @@ def seed_attempts() -> None:
         )
 
 
+def seed_deliveries(now: dt.datetime) -> None:
+    """One webhook delivery per ended run (the outbox's row), most delivered after one try, some failed."""
+    from django.db import connection
+
+    from provisioning.models import WebhookDelivery
+    from provisioning.webhooks.outbox import EVENT
+
+    table = WebhookDelivery._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (tenant_id, run_id, event, status, idempotency_key, payload, state, attempts,"  # noqa: S608
+            " max_attempts, next_attempt_at, last_status_code, last_error, delivered_at, created_at, updated_at)"
+            " SELECT o.tenant_id, r.id, %s, o.status, r.id::text || ':' || o.status,"
+            " jsonb_build_object('event', %s, 'status', o.status, 'run', jsonb_build_object('id', r.id::text)),"
+            " CASE WHEN o.id %% 20 = 0 THEN 'failed' ELSE 'delivered' END, CASE WHEN o.id %% 20 = 0 THEN 6 ELSE 1 END,"
+            " 6, r.created_at, CASE WHEN o.id %% 20 = 0 THEN 503 ELSE 200 END,"
+            " CASE WHEN o.id %% 20 = 0 THEN 'HTTP 503 from the receiver' ELSE '' END,"
+            " CASE WHEN o.id %% 20 = 0 THEN NULL ELSE r.created_at END, r.created_at, r.created_at"
+            " FROM provisioning_provisioningrun r JOIN provisioning_onboarding o ON o.id = r.onboarding_id"
+            " WHERE r.outcome <> 'active'",
+            [EVENT, EVENT],
+        )
+
+
+def live_runs_in_flight():
+    """The runs in flight as live workers leave them: the running step began just now, and its lease is held by a
+    session of its own (returned: keep it open while the sweeper is measured)."""
+    import psycopg2
+    from django.db import connection
+
+    from provisioning.locks import step_lease_key
+    from provisioning.models import Onboarding
+    from provisioning.state import now_iso
+
+    stamp, keys, changed = now_iso(), [], []
+    for onboarding in Onboarding.objects.filter(run_id__isnull=False).only("id", "run_id", "provisioning_steps"):
+        for name, entry in onboarding.provisioning_steps.items():
+            if entry.get("status") == "running":
+                entry["started_at"] = stamp
+                keys.append(step_lease_key(onboarding.run_id, name))
+        changed.append(onboarding)
+    Onboarding.objects.bulk_update(changed, ["provisioning_steps"], batch_size=500)
+    settings = connection.settings_dict
+    workers = psycopg2.connect(
+        dbname=settings["NAME"],
+        user=settings["USER"],
+        password=settings["PASSWORD"] or None,
+        host=settings["HOST"] or "127.0.0.1",
+        port=settings["PORT"] or 5432,
+    )
+    workers.autocommit = True
+    with workers.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(k) FROM unnest(%s::bigint[]) AS k", [keys])
+    return workers
+
+
 def spread_timestamps(now: dt.datetime) -> None:
     """bulk_create stamps every row with the same moment: spread creation and activity over a month, as in life."""
     from django.db import connection
@@ -297,7 +356,7 @@ def clients():
 
 def run_reads(args) -> None:
     from provisioning.models import Onboarding, StepLog
-    from provisioning.recovery import sweep
+    from provisioning.recovery import active_runs, sweep
     from tenants.models import Tenant
 
     api, auth, web = clients()
@@ -307,8 +366,23 @@ def run_reads(args) -> None:
     api_reads(api, auth, n=n, repeat=args.repeat)
     admin_reads(web, repeat=args.repeat)
     measure("metrics GET /metrics", get(api, "/metrics"), repeat=max(5, args.repeat // 3))
-    acted = sweep()
-    measure(f"sweeper one pass (in-process; acted on {len(acted)})", sweep, repeat=max(5, args.repeat // 3))
+    workers = live_runs_in_flight()
+    try:
+        found = [problem for problem in map(diagnosed, active_runs()) if problem]
+        if found:
+            sys.exit(f"the sweeper would act on {len(found)} runs (e.g. {found[0]}): not measured")
+        measure("sweeper one pass (in-process, nothing to do)", sweep, repeat=max(5, args.repeat // 3))
+    finally:
+        workers.close()
+
+
+def diagnosed(pair):
+    """What the sweeper would find (reads only: a pass that acts would run chains in-process here)."""
+    from django.utils import timezone
+
+    from provisioning.recovery import diagnose
+
+    return diagnose(*pair, now=timezone.now())
 
 
 def api_reads(api, auth, *, n: int, repeat: int) -> None:
@@ -340,13 +414,14 @@ def api_reads(api, auth, *, n: int, repeat: int) -> None:
 def admin_reads(web, *, repeat: int) -> None:
     from django.contrib import admin
 
-    from provisioning.models import Onboarding, StepLog
+    from provisioning.models import Onboarding, StepLog, WebhookDelivery
     from tenants.models import Tenant
 
     lists = (
         ("onboarding", Onboarding, "/admin/provisioning/onboarding/"),
         ("tenants", Tenant, "/admin/tenants/tenant/"),
         ("step logs", StepLog, "/admin/provisioning/steplog/"),
+        ("webhooks", WebhookDelivery, "/admin/provisioning/webhookdelivery/"),
     )
     for name, model, url in lists:
         model_admin = admin.site._registry[model]

@@ -178,6 +178,9 @@ class OnboardingAdmin(admin.ModelAdmin):
     ordering = ["-updated_at", "-id"]
     list_select_related = ["tenant", "tenant__engine"]
     list_per_page = 50
+    list_max_show_all = 100
+    # A filtered page counts its matches once, not the whole table a second time.
+    show_full_result_count = False
     paginator = KeysFirstPaginator
     actions = ["continue_action", "retry_action", "cancel_action"]
     change_form_template = "admin/provisioning/onboarding/change_form.html"
@@ -433,15 +436,29 @@ class StepLogAdmin(ReadOnlyAdmin):
     search_fields = ["onboarding__tenant__slug", "message", "=run_id"]
     list_select_related = ["onboarding__tenant"]
     ordering = ["-id"]
-    list_per_page = 100
+    list_per_page = 50
+    list_max_show_all = 100
     # The log table grows without bound: no second COUNT(*) over all of it, and deep pages walk the id index.
     show_full_result_count = False
     paginator = KeysFirstPaginator
+
+    def get_queryset(self, request):
+        # A line shows its tenant's slug: the onboarding's step states and the tenant's other columns stay unread.
+        # (A queryset that selects related rows already is not given list_select_related: name them here.)
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("onboarding__tenant")
+            .only(*LOG_LINE_FIELDS, "onboarding__id", "onboarding__tenant__id", "onboarding__tenant__slug")
+        )
 
     @admin.display(description="tenant", ordering="onboarding__tenant__slug")
     def tenant_col(self, obj):
         url = reverse("admin:provisioning_onboarding_change", args=[obj.onboarding_id])
         return format_html('<a href="{}">{}</a>', url, obj.onboarding.tenant.slug)
+
+
+LOG_LINE_FIELDS = [f.name for f in StepLog._meta.concrete_fields]
 
 
 admin.site.site_header = "Moran provisioning console"

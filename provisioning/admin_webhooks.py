@@ -11,8 +11,11 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from moran.errors import DomainError
+from moran.paging import KeysFirstPaginator
 from provisioning.models import WebhookAttempt, WebhookDelivery
 from provisioning.webhooks.outbox import webhook_delivery_resend
+
+DELIVERY_FIELDS = [f.name for f in WebhookDelivery._meta.concrete_fields if f.name != "payload"]
 
 STATE_COLOURS = {
     WebhookDelivery.State.PENDING: "#6b7280",
@@ -52,8 +55,13 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     list_filter = ["state", "status"]
     search_fields = ["tenant__slug", "=idempotency_key"]
     list_select_related = ["tenant"]
+    # Newest first, read off the (created_at, id) index; a deep page walks it for its keys only.
     ordering = ["-created_at", "-id"]
-    list_per_page = 100
+    list_per_page = 50
+    list_max_show_all = 100
+    # One delivery per ended run: the table grows with every run; a filtered page counts its matches once.
+    show_full_result_count = False
+    paginator = KeysFirstPaginator
     actions = ["resend_action"]
     inlines = [WebhookAttemptInline]
     fields = [
@@ -74,6 +82,16 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
         "payload",
     ]
     readonly_fields = fields
+
+    def get_queryset(self, request):
+        # Pages show a delivery's tenant by its slug; the payload (only on a delivery's own page) is read when shown.
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("tenant")
+            .defer("payload")
+            .only(*DELIVERY_FIELDS, "tenant__id", "tenant__slug")
+        )
 
     def has_add_permission(self, request):
         return False

@@ -324,7 +324,12 @@ class WebhookDelivery(models.Model):
     class Meta:
         ordering = ["-created_at"]
         verbose_name_plural = "webhook deliveries"
-        indexes = [models.Index(fields=["state", "next_attempt_at"]), models.Index(fields=["tenant", "-created_at"])]
+        indexes = [
+            models.Index(fields=["state", "next_attempt_at"]),
+            models.Index(fields=["tenant", "-created_at"]),
+            # The admin list's order (newest first; the id breaks ties), read off the index.
+            models.Index(fields=["created_at", "id"], name="webhook_created_id"),
+        ]
 
     def __str__(self):
         return f"{self.event} {self.status} ({self.idempotency_key})"

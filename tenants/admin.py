@@ -276,6 +276,10 @@ class TenantAdmin(SecretLookupGuard, admin.ModelAdmin):
     list_select_related = ["engine", "onboarding"]
     # Newest first, read off the (created_at, id) index; a deep page walks it for its keys only.
     ordering = ["-created_at", "-id"]
+    list_per_page = 50
+    list_max_show_all = 100
+    # A filtered page counts its matches once, not the whole table a second time.
+    show_full_result_count = False
     paginator = KeysFirstPaginator
 
     def get_queryset(self, request):
