@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('provisioning', '0006_core_step_attempts'),
+        ('provisioning', '0007_webhook_created_id'),
     ]
 
     operations = [
