@@ -170,6 +170,9 @@ SANDBOX_COMPANY_LATENCY = env.float("MORAN_SANDBOX_COMPANY_LATENCY", default=0.0
 # A second delivery of a step that another worker is running waits this long for its lease before it is dropped
 # (covers the moment between a worker's death and PostgreSQL noticing its session ended).
 STEP_LEASE_WAIT = env.float("MORAN_STEP_LEASE_WAIT", default=5.0)
+# The step's own statements are prepared once per database session (planning them cost more than running them).
+# Off behind a pooler that hands one client's statements to other sessions (PgBouncer in transaction mode).
+PREPARED_STATEMENTS = env.bool("MORAN_PREPARED_STATEMENTS", default=True)
 # The sweeper (task provisioning.sweep on beat, and `manage.py sweep_provisioning`) decides by liveness: a step shown
 # running whose lease no live database session holds is resumed, and a chain whose next message was lost is resumed,
 # within seconds. See provisioning/recovery.py. How often it passes: a pass costs three queries whatever the number of

@@ -195,9 +195,7 @@ def _read_once(onboarding_id: int) -> tuple[Tenant, Onboarding] | None:
     if connection.vendor != "postgresql":
         onboarding = Onboarding.objects.select_related("tenant__engine").filter(pk=onboarding_id).first()
         return (onboarding.tenant, onboarding) if onboarding else None
-    with connection.cursor() as cursor:
-        cursor.execute(_read_sql(), [onboarding_id])
-        row = cursor.fetchone()
+    row = rowsql.execute(_read_sql(), [onboarding_id])
     if row is None:
         return None
     onboarding = rowsql.load(Onboarding, row)

@@ -15,6 +15,8 @@ import zlib
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 
+from provisioning.rowsql import execute
+
 
 def step_lease_key(run_id, step_name: str) -> int:
     """The advisory-lock key of one step of one run (a signed 64-bit integer, as PostgreSQL wants)."""
@@ -56,9 +58,7 @@ def lease_wait(key: int, wait: float, *, tried: bool = False) -> bool:
 
 def try_advisory_locks(*keys: int) -> list[bool]:
     """Try session advisory locks, in one statement (left to right): one round trip, whatever their number."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT " + ", ".join(["pg_try_advisory_lock(%s)"] * len(keys)), list(keys))
-        return list(cursor.fetchone())
+    return list(execute("SELECT " + ", ".join(["pg_try_advisory_lock(%s)"] * len(keys)), list(keys)))
 
 
 def advisory_unlock(*keys: int) -> None:
@@ -66,8 +66,7 @@ def advisory_unlock(*keys: int) -> None:
     if not keys:
         return
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT " + ", ".join(["pg_advisory_unlock(%s)"] * len(keys)), list(keys))
+        execute("SELECT " + ", ".join(["pg_advisory_unlock(%s)"] * len(keys)), list(keys))
     except (OperationalError, InterfaceError):
         pass
 

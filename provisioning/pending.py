@@ -13,7 +13,7 @@ from __future__ import annotations
 from django.db import connection
 from django.db.models import Model
 
-from provisioning.rowsql import insert_if_sql, insert_sql, save_if_sql, save_sql, update_sql
+from provisioning.rowsql import execute, insert_if_sql, insert_sql, save_if_sql, save_sql, update_sql
 
 _ATTR = "_pending_writes"
 
@@ -95,6 +95,4 @@ def pending_write_if(instance: Model, *, version_field: str, expected) -> bool:
             sql, params = update_sql(*item)
             parts.append((f"w{len(parts)}", sql + " AND EXISTS (SELECT 1 FROM u)", params))
     statement = "WITH " + ", ".join(f"{name} AS ({sql})" for name, sql, _ in parts) + " SELECT count(*) FROM u"
-    with connection.cursor() as cursor:
-        cursor.execute(statement, [p for _, _, part_params in parts for p in part_params])
-        return cursor.fetchone()[0] == 1
+    return execute(statement, [p for _, _, part_params in parts for p in part_params])[0] == 1

@@ -477,8 +477,16 @@ def sweep(*, now: dt.datetime | None = None) -> list[SweepAction]:
         live = _liveness_of([(f.run_id, f.flow) for f in facts], held_lease_keys(), now=now)
         # A "lost" message waits out the idle backoff, which reads the run's history: taken as zero here, it can only
         # send a run to the full diagnosis, never skip one.
-        found = [f.onboarding_id for f in facts if _decide(f, now=now, live=live, idle_backoff=lambda lost: 0.0)]
-        pairs = active_runs(onboarding_ids=found) if found else []
+        found = {
+            f.onboarding_id: f.run_id for f in facts if _decide(f, now=now, live=live, idle_backoff=lambda lost: 0.0)
+        }
+        # Only the run found with the problem: one that took its place since (another sweeper resumed it) was not
+        # diagnosed in this pass's liveness, and is some other pass's business.
+        pairs = (
+            [(ob, run) for ob, run in active_runs(onboarding_ids=list(found)) if found[ob.pk] == run.pk]
+            if found
+            else []
+        )
     else:
         pairs = active_runs()
         live = liveness(pairs, now=now)

@@ -177,15 +177,18 @@ def test_it_leaves_a_step_whose_lease_is_held(stuck, settings):
     assert stuck.onboarding.run_id == run_id
 
 
-def test_two_sweepers_at_once_act_once(stuck, settings):
-    # given two sweepers (two beat instances by mistake) passing at the same moment
+def test_two_sweepers_at_once_act_once(stuck, settings, monkeypatch):
+    # given two sweepers (two beat instances by mistake) passing at the same moment, the clock past the deadline for
+    # everyone (so that a run one of them starts is as new to the others as it is)
     barrier = threading.Barrier(4)
     results = []
+    past_deadline = later(settings.SWEEP_STEP_DEADLINE + 1)
+    monkeypatch.setattr(timezone, "now", lambda: past_deadline)
 
     def sweeper():
         try:
             barrier.wait(10)
-            results.append([a.action for a in sweep(now=later(settings.SWEEP_STEP_DEADLINE + 1))])
+            results.append([a.action for a in sweep(now=past_deadline)])
         finally:
             connection.close()
 

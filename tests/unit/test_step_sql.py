@@ -240,3 +240,49 @@ def test_a_duplicate_delivery_keeps_no_slot(started, settings):
     finally:
         holder.close()
     assert engine_slots_in_use([engine]) == {engine.pk: 0}
+
+
+@postgres_only
+def test_the_step_statements_are_prepared_once_per_session(started):
+    from provisioning import rowsql
+
+    rowsql.execute("SELECT %s::int + 1", [1])
+    with CaptureQueriesContext(connection) as queries:
+        assert rowsql.execute("SELECT %s::int + 1", [41]) == (42,)
+    assert [q["sql"] for q in queries.captured_queries] == [
+        q["sql"] for q in queries.captured_queries if "EXECUTE" in q["sql"]
+    ]
+    assert not any("PREPARE" in q["sql"] for q in queries.captured_queries)  # prepared by the first call already
+
+
+@postgres_only
+def test_a_statement_the_session_lost_is_prepared_again(started):
+    from provisioning import rowsql
+
+    assert rowsql.execute("SELECT %s::int * 2", [2]) == (4,)
+    with connection.cursor() as cursor:
+        cursor.execute("DEALLOCATE ALL")  # what a session that is not the one they were prepared in looks like
+    assert rowsql.execute("SELECT %s::int * 2", [21]) == (42,)
+    connection.close()  # a new session starts with none
+    assert rowsql.execute("SELECT %s::int * 2", [5]) == (10,)
+
+
+@postgres_only
+def test_inside_a_transaction_statements_are_not_prepared(started):
+    from django.db import transaction
+
+    from provisioning import rowsql
+
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        assert rowsql.execute("SELECT %s::int - 1", [1]) == (0,)
+    assert not any("EXECUTE" in q["sql"] or "PREPARE" in q["sql"] for q in queries.captured_queries)
+
+
+@postgres_only
+def test_prepared_statements_can_be_turned_off(started, settings):
+    from provisioning import rowsql
+
+    settings.PREPARED_STATEMENTS = False
+    with CaptureQueriesContext(connection) as queries:
+        assert rowsql.execute("SELECT %s::int + 2", [1]) == (3,)
+    assert [q["sql"] for q in queries.captured_queries] == ["SELECT 1::int + 2"]
