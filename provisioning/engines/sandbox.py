@@ -127,11 +127,12 @@ class DatabaseStore:
 
     def site_and_faults(self, tenant_id: int | None) -> tuple[bool, list[dict]]:
         """Whether the site exists (its System Settings), and the tenant's sandbox faults: one round trip."""
-        faults = SandboxFault._meta.db_table
+        faults, fault_tenant = SandboxFault._meta.db_table, SandboxFault._meta.get_field("tenant")
         rows = self._fetch(
             f"SELECT 0, NULL, NULL, NULL FROM {self.table} WHERE site = %s AND doctype = %s AND name = %s "
             f"UNION ALL SELECT id, step, kind, latency_ms FROM {faults} WHERE tenant_id = %s",
-            [self.site, "System Settings", "System Settings", tenant_id],
+            # The key as the backend stores it (a UUID is text on SQLite; raw SQL does not convert it).
+            [self.site, "System Settings", "System Settings", fault_tenant.get_db_prep_value(tenant_id, database)],
         )
         found = [{"id": pk, "step": step, "kind": kind, "latency_ms": ms} for pk, step, kind, ms in rows if pk]
         return any(not pk for pk, *_ in rows), sorted(found, key=lambda fault: fault["id"])
