@@ -196,9 +196,7 @@ class StepAttempt(models.Model):
 
 class SandboxDocument(models.Model):
     """A document of a sandbox engine's emulated ERPNext site. Kept in the project's database so that every worker
-    process, on every machine, sees the same engine; the (site, doctype, name) key is the engine's primary key. On
-    PostgreSQL a GIN index on ``data`` (migration 0007, not declared here: SQLite has none) answers the store's
-    ``data @> {...}`` filters."""
+    process, on every machine, sees the same engine; the (site, doctype, name) key is the engine's primary key."""
 
     site = models.CharField(max_length=64)
     doctype = models.CharField(max_length=64)
