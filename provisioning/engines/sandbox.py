@@ -101,8 +101,7 @@ class DatabaseStore:
         sql = f"SELECT data FROM {self.table} WHERE site = %s AND doctype = %s"
         params = [self.site, doctype]
         # Plain string equalities (company = X) are pushed down so a list does not read every company's documents;
-        # the emulator still applies every filter itself. On PostgreSQL as one containment, which the table's GIN
-        # index answers.
+        # the emulator still applies every filter itself. On PostgreSQL as one jsonb containment.
         if match:
             if database.vendor == "postgresql":
                 sql += " AND data @> %s::jsonb"
