@@ -9,6 +9,7 @@ import time
 import uuid
 
 from provisioning.currencies import ISO_4217
+from provisioning.engines.emulator.store import field_values, get_many
 from provisioning.engines.emulator.tables import (
     DEFAULT_COMPANY,
     DEFAULT_DEPARTMENTS,
@@ -44,8 +45,9 @@ class DoctypeRules:
         if not name or self.store.get(doctype, name) is None:
             raise EngineValidationError(f"Could not find {label}: {name}", status=417, exc_type="LinkValidationError")
 
-    def _company_for(self, doc, doctype):
-        # A missing or null company is filled from the user's default company, as ERPNext does; "" is refused.
+    def _company_and_parent(self, doc, doctype, parent: tuple[str, str] | None = None):
+        """The document's company and, when asked, its parent document (None when missing), read together. A missing
+        or null company is filled from the user's default company, as ERPNext does; "" is refused."""
         if "company" not in doc or doc["company"] is None:
             defaults = self.store.get("Global Defaults", "Global Defaults") or {}
             doc["company"] = defaults.get("default_company") or DEFAULT_COMPANY
@@ -53,8 +55,13 @@ class DoctypeRules:
             raise EngineValidationError(
                 f"Error: Value missing for {doctype}: Company", status=417, exc_type="MandatoryError"
             )
-        self._require_link("Company", doc["company"], "Company")
-        return self.store.get("Company", doc["company"])
+        key = ("Company", doc["company"])
+        found = get_many(self.store, [key, parent] if parent else [key])
+        if key not in found:
+            raise EngineValidationError(
+                f"Could not find Company: {doc['company']}", status=417, exc_type="LinkValidationError"
+            )
+        return found[key], found.get(parent) if parent else None
 
     # --- company creation: slow, and racy when concurrent ------------------------------------------------------
     def _insert_company(self, doc):
@@ -67,27 +74,30 @@ class DoctypeRules:
         While it runs, the create is an "in-flight" row of the store (``Company Creation``), so that every process
         sharing the store knows how many creates run at once."""
         name = (doc.get("company_name") or "").strip()
-        snapshot = {c["name"] for c in self.store.rows("Company")}
+        snapshot = set(field_values(self.store, "Company", "abbr"))
         if not name or name in snapshot:  # refused before the slow part (417 / 409), as ERPNext does
             with self.store.atomic():
                 return self._create_company(doc)
-        flight = self._flight_begin(name)
+        # A create that takes no time takes no share of the site's: only a slow one tells the others it runs.
+        flight = self._flight_begin(name) if self.company_latency > 0 else None
         try:
             self._company_work()
             with self.store.atomic():
                 # The shared "Cash" Mode of Payment, loaded for update: a create that committed meanwhile is seen
                 # there, while its accounts are not in this create's snapshot.
                 self.store.lock_site()
-                committed = [c for c in self.store.rows("Company") if c["name"] not in snapshot]
+                abbrs = field_values(self.store, "Company", "abbr")
+                committed = [other for other in abbrs if other not in snapshot]
                 if committed:
                     raise EngineValidationError(
-                        f"Could not find Row #{len(snapshot) + 1}: Default Account: Cash - {committed[0]['abbr']}",
+                        f"Could not find Row #{len(snapshot) + 1}: Default Account: Cash - {abbrs[committed[0]]}",
                         status=417,
                         exc_type="LinkValidationError",
                     )
-                return self._create_company(doc)
+                return self._create_company(doc, abbrs=abbrs)
         finally:
-            self.store.remove(FLIGHT_DOCTYPE, flight)
+            if flight is not None:
+                self.store.remove(FLIGHT_DOCTYPE, flight)
 
     def _flight_begin(self, company: str) -> str:
         flight = uuid.uuid4().hex
@@ -109,14 +119,17 @@ class DoctypeRules:
             time.sleep(tick)
             remaining -= tick * share
 
-    def _create_company(self, doc):
+    def _create_company(self, doc, abbrs: dict | None = None):
+        """``abbrs``: every company's abbreviation by name, when the caller read them in this transaction."""
         name = (doc.get("company_name") or "").strip()
         if not name:
             raise EngineValidationError("Company is required", status=417, exc_type="ValidationError")
         abbr = (doc.get("abbr") or "").strip() or "".join(word[0] for word in name.split()).upper()
-        if self.store.get("Company", name) is None:
-            for other in self.store.rows("Company"):
-                if other.get("abbr", "").lower() == abbr.lower():
+        if abbrs is None:
+            abbrs = field_values(self.store, "Company", "abbr")
+        if name not in abbrs:
+            for other in abbrs.values():
+                if (other or "").lower() == abbr.lower():
                     raise EngineValidationError(
                         "Abbreviation already used for another company", status=417, exc_type="ValidationError"
                     )
@@ -144,72 +157,58 @@ class DoctypeRules:
             "stock_adjustment_account": f"Stock Adjustment - {abbr}",
             "enable_perpetual_inventory": 1,
         }
-        company = self._add_raw("Company", name, fields)
-        self._company_defaults(name, abbr, currency)
-        return company
+        # The company and everything it brings along in one write: the first name taken is the 409, as before.
+        return self._add_raw_many([("Company", name, fields), *self._company_defaults(name, abbr, currency)])[0]
 
-    def _company_defaults(self, name: str, abbr: str, currency: str) -> None:
-        """What ERPNext makes with a company: its chart, cost centers, departments and warehouses."""
+    def _company_defaults(self, name: str, abbr: str, currency: str) -> list[tuple[str, str, dict]]:
+        """What ERPNext makes with a company: its chart, cost centers, departments and warehouses, as (doctype,
+        name, fields) to add."""
+        entries = []
         for account_name, parent, is_group, root_type, account_type in STANDARD_CHART:
-            self._add_raw(
-                "Account",
-                f"{account_name} - {abbr}",
-                {
-                    "account_name": account_name,
-                    "company": name,
-                    "is_group": is_group,
-                    "root_type": root_type,
-                    "report_type": "Balance Sheet"
-                    if root_type in {"Asset", "Liability", "Equity"}
-                    else "Profit and Loss",
-                    "parent_account": f"{parent} - {abbr}" if parent else "",
-                    "account_type": account_type,
-                    "account_currency": currency,
-                    "disabled": 0,
-                },
-            )
-        self._add_raw(
-            "Cost Center",
-            f"{name} - {abbr}",
-            {"cost_center_name": name, "company": name, "is_group": 1, "parent_cost_center": "", "disabled": 0},
-        )
-        self._add_raw(
-            "Cost Center",
-            f"Main - {abbr}",
-            {
-                "cost_center_name": "Main",
+            report_type = "Balance Sheet" if root_type in {"Asset", "Liability", "Equity"} else "Profit and Loss"
+            fields = {
+                "account_name": account_name,
                 "company": name,
-                "is_group": 0,
-                "parent_cost_center": f"{name} - {abbr}",
+                "is_group": is_group,
+                "root_type": root_type,
+                "report_type": report_type,
+                "parent_account": f"{parent} - {abbr}" if parent else "",
+                "account_type": account_type,
+                "account_currency": currency,
                 "disabled": 0,
-            },
-        )
-        for department in DEFAULT_DEPARTMENTS:
-            if self.store.get("Department", "All Departments") is None:
-                break  # a site bootstrapped before departments were emulated
-            self._add_raw(
-                "Department",
-                f"{department} - {abbr}",
-                {
+            }
+            entries.append(("Account", f"{account_name} - {abbr}", fields))
+        root_cc = {"cost_center_name": name, "company": name, "is_group": 1, "parent_cost_center": "", "disabled": 0}
+        entries.append(("Cost Center", f"{name} - {abbr}", root_cc))
+        main_cc = {
+            "cost_center_name": "Main",
+            "company": name,
+            "is_group": 0,
+            "parent_cost_center": f"{name} - {abbr}",
+            "disabled": 0,
+        }
+        entries.append(("Cost Center", f"Main - {abbr}", main_cc))
+        # A site bootstrapped before departments were emulated has no root department, and gets none.
+        if self.store.get("Department", "All Departments") is not None:
+            for department in DEFAULT_DEPARTMENTS:
+                fields = {
                     "department_name": department,
                     "parent_department": "All Departments",
                     "company": name,
                     "is_group": 0,
-                },
-            )
+                }
+                entries.append(("Department", f"{department} - {abbr}", fields))
         for wh_name, parent, is_group, wh_type in DEFAULT_WAREHOUSES:
-            self._add_raw(
-                "Warehouse",
-                f"{wh_name} - {abbr}",
-                {
-                    "warehouse_name": wh_name,
-                    "company": name,
-                    "is_group": is_group,
-                    "warehouse_type": wh_type,
-                    "parent_warehouse": f"{parent} - {abbr}" if parent else "",
-                    "disabled": 0,
-                },
-            )
+            fields = {
+                "warehouse_name": wh_name,
+                "company": name,
+                "is_group": is_group,
+                "warehouse_type": wh_type,
+                "parent_warehouse": f"{parent} - {abbr}" if parent else "",
+                "disabled": 0,
+            }
+            entries.append(("Warehouse", f"{wh_name} - {abbr}", fields))
+        return entries
 
     def _create_fiscal_year(self, doc):
         label = (doc.get("year") or "").strip()
@@ -317,15 +316,18 @@ class DoctypeRules:
             raise EngineValidationError(
                 "Error: Value missing for Account: Account Name", status=417, exc_type="MandatoryError"
             )
-        company = self._company_for(doc, "Account")
         parent = doc.get("parent_account") or ""
+        company, parent_doc = self._company_and_parent(doc, "Account", ("Account", parent) if parent else None)
         if parent:
-            self._require_link("Account", parent, "Parent Account")
+            if parent_doc is None:
+                raise EngineValidationError(
+                    f"Could not find Parent Account: {parent}", status=417, exc_type="LinkValidationError"
+                )
         elif not doc.get("root_type"):
             raise EngineValidationError("Root Type is mandatory", status=417, exc_type="ValidationError")
         number = doc.get("account_number")
         full = f"{number} - {name} - {company['abbr']}" if number else f"{name} - {company['abbr']}"
-        root_type = doc.get("root_type") or self.store.get("Account", parent)["root_type"]
+        root_type = doc.get("root_type") or parent_doc["root_type"]
         return self._add_raw(
             "Account",
             full,
@@ -350,11 +352,10 @@ class DoctypeRules:
             raise EngineValidationError(
                 "Error: Value missing for Cost Center: Cost Center Name", status=417, exc_type="MandatoryError"
             )
-        company = self._company_for(doc, "Cost Center")
         parent = doc.get("parent_cost_center") or ""
+        company, parent_doc = self._company_and_parent(doc, "Cost Center", ("Cost Center", parent) if parent else None)
         if not parent:
             raise EngineValidationError("Please enter parent cost center", status=417, exc_type="ValidationError")
-        parent_doc = self.store.get("Cost Center", parent)
         if parent_doc is None:
             raise EngineValidationError(
                 f"Could not find Parent Cost Center: {parent}", status=417, exc_type="LinkValidationError"
@@ -387,12 +388,14 @@ class DoctypeRules:
             raise EngineBadRequestError(
                 "'NoneType' object has no attribute 'endswith'", status=500, exc_type="AttributeError"
             )
-        company = self._company_for(doc, "Warehouse")
+        parent = doc.get("parent_warehouse") or ""
+        company, parent_doc = self._company_and_parent(doc, "Warehouse", ("Warehouse", parent) if parent else None)
         suffix = f" - {company['abbr']}"
         full = name if name.endswith(suffix) else name + suffix
-        parent = doc.get("parent_warehouse") or ""
-        if parent:
-            self._require_link("Warehouse", parent, "Parent Warehouse")
+        if parent and parent_doc is None:
+            raise EngineValidationError(
+                f"Could not find Parent Warehouse: {parent}", status=417, exc_type="LinkValidationError"
+            )
         return self._add_raw(
             "Warehouse",
             full,
@@ -471,8 +474,13 @@ class DoctypeRules:
 
     def _role_rows(self, rows, parent):
         out = []
+        # Every role read at once; the first missing one (in row order) is the 417, as one by one.
+        found = get_many(self.store, [("Role", row.get("role")) for row in rows if isinstance(row.get("role"), str)])
         for i, row in enumerate(rows, 1):
-            self._require_link("Role", row.get("role"), f"Row #{i}: Role")
+            if not isinstance(row.get("role"), str) or ("Role", row["role"]) not in found:
+                raise EngineValidationError(
+                    f"Could not find Row #{i}: Role: {row.get('role')}", status=417, exc_type="LinkValidationError"
+                )
             out.append(
                 {
                     "name": random_name(),
@@ -498,8 +506,9 @@ class DoctypeRules:
         self._require_link(allow, doc.get("for_value"), "For Value")
         apply_all = int(doc.get("apply_to_all_doctypes", 1) or 0)
         # ERPNext's own duplicate check is a read before the insert (names are random), so two concurrent creates can
-        # both pass it: the same race is kept here on purpose.
-        for other in self.store.rows("User Permission"):
+        # both pass it: the same race is kept here on purpose. Only this user's permissions can match.
+        hint = {"user": doc["user"]} if isinstance(doc["user"], str) else None
+        for other in self.store.rows("User Permission", hint):
             if (other["user"], other["allow"], other["for_value"], other["apply_to_all_doctypes"]) == (
                 doc["user"],
                 allow,

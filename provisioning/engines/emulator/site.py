@@ -7,7 +7,7 @@ from typing import Any
 
 from provisioning.engines.emulator.doctypes import DoctypeRules
 from provisioning.engines.emulator.query import Query
-from provisioning.engines.emulator.store import DuplicateName, Store
+from provisioning.engines.emulator.store import DuplicateName, Store, add_many
 from provisioning.engines.emulator.tables import (
     DEFAULT_ABBR,
     DEFAULT_COMPANY,
@@ -38,11 +38,13 @@ class ERPNextEmulator(Query, DoctypeRules):
         default_company: dict | None = None,
         fiscal_years: tuple[str, ...] = (),
         company_latency: float = 0.0,
+        site_ready: bool = False,
     ):
         """``default_company`` (company_name, abbr, default_currency, country) is the company the setup wizard made,
         the API user's default; ``fiscal_years``: calendar-year labels that exist with no company rows. Both apply
         only when the store is bootstrapped (a new site). ``company_latency``: the seconds a Company create takes
-        when it runs alone (a real ERPNext takes about 2.5 s); concurrent creates share the site and take longer."""
+        when it runs alone (a real ERPNext takes about 2.5 s); concurrent creates share the site and take longer.
+        ``site_ready``: the caller has just read that the site exists (its System Settings), so it is not read again."""
         self.store = store
         self.company_latency = company_latency
         self.user = user
@@ -54,7 +56,8 @@ class ERPNextEmulator(Query, DoctypeRules):
             "country": "United States",
         }
         self._seed_years = tuple(fiscal_years)
-        self.ensure_site()
+        if not site_ready:
+            self.ensure_site()
 
     # --- site bootstrap ------------------------------------------------------------------------------------------
     def ensure_site(self) -> None:
@@ -115,22 +118,37 @@ class ERPNextEmulator(Query, DoctypeRules):
         self.store.put("System Settings", "System Settings", doc)
 
     def _add_raw(self, doctype, name, fields):
-        doc = {
+        doc = self._new_doc(doctype, name, fields)
+        try:
+            self.store.add(doctype, name, doc)
+        except DuplicateName:
+            raise EngineConflictError(f"{doctype} {name} already exists", status=409, exc_type="DuplicateEntryError")
+        return doc
+
+    def _add_raw_many(self, entries: list[tuple[str, str, dict]]) -> list[dict]:
+        """``_add_raw`` of several documents in one write (inside ``store.atomic()``): the first name taken is the
+        409, as it would have been one by one."""
+        docs = [self._new_doc(doctype, name, fields) for doctype, name, fields in entries]
+        try:
+            add_many(self.store, [(e[0], e[1], doc) for e, doc in zip(entries, docs, strict=True)])
+        except DuplicateName as exc:
+            doctype, name = exc.args
+            raise EngineConflictError(f"{doctype} {name} already exists", status=409, exc_type="DuplicateEntryError")
+        return docs
+
+    def _new_doc(self, doctype, name, fields):
+        stamp = now_stamp()
+        return {
             "name": name,
             "owner": self.user,
-            "creation": now_stamp(),
-            "modified": now_stamp(),
+            "creation": stamp,
+            "modified": stamp,
             "modified_by": self.user,
             "docstatus": 0,
             "idx": 0,
             **fields,
             "doctype": doctype,
         }
-        try:
-            self.store.add(doctype, name, doc)
-        except DuplicateName:
-            raise EngineConflictError(f"{doctype} {name} already exists", status=409, exc_type="DuplicateEntryError")
-        return doc
 
     @property
     def today(self) -> dt.date:
