@@ -286,3 +286,15 @@ def test_prepared_statements_can_be_turned_off(started, settings):
     with CaptureQueriesContext(connection) as queries:
         assert rowsql.execute("SELECT %s::int + 2", [1]) == (3,)
     assert [q["sql"] for q in queries.captured_queries] == ["SELECT 1::int + 2"]
+
+
+def test_a_change_edits_a_copy_of_the_state_all_the_way_down():
+    from provisioning.state import initial_steps, state_copy
+
+    steps = initial_steps()
+    steps[STEP_NAMES[7]]["result"] = {"roles": ["Accounts Manager", {"role": "System Manager"}], "user": "a@b.c"}
+    copy = state_copy(steps)
+    assert copy == steps  # every value kept, lists included
+    copy[STEP_NAMES[7]]["result"]["roles"][1]["role"] = "Guest"
+    copy[STEP_NAMES[7]]["result"]["roles"].append("more")
+    assert steps[STEP_NAMES[7]]["result"]["roles"] == ["Accounts Manager", {"role": "System Manager"}]
