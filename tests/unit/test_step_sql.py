@@ -298,3 +298,48 @@ def test_a_change_edits_a_copy_of_the_state_all_the_way_down():
     copy[STEP_NAMES[7]]["result"]["roles"][1]["role"] = "Guest"
     copy[STEP_NAMES[7]]["result"]["roles"].append("more")
     assert steps[STEP_NAMES[7]]["result"]["roles"] == ["Accounts Manager", {"role": "System Manager"}]
+
+
+@postgres_only
+def test_a_compare_and_swap_that_loses_its_connection_is_written_under_the_lock(started, monkeypatch):
+    from django.db import OperationalError
+
+    from provisioning import state
+
+    def lost(*args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(state, "pending_write_if", lost)
+    read = Onboarding.objects.get(pk=started.pk)
+    version = read.version
+    written = onboarding_write(started.pk, run_id=started.run_id, change=_count_attempts, read=read)
+    started.refresh_from_db()
+    assert written.onboarding.version == started.version == version + 1
+    assert started.provisioning_steps[STEP_NAMES[0]]["attempts"] == 1
+
+
+def test_a_write_that_ends_the_run_announces_it_under_the_lock(started, monkeypatch):
+    from provisioning import state
+
+    announced = []
+    monkeypatch.setattr(state, "onboarding_run_ended", lambda **kw: announced.append(kw["status"]))
+    monkeypatch.setattr(state, "batch_run_ended", lambda **kw: None)
+
+    def end_quietly(ob, steps):  # ends the run without a statement of its own
+        ob.run_id = None
+        return steps
+
+    read = Onboarding.objects.get(pk=started.pk)
+    onboarding_write(started.pk, run_id=started.run_id, change=end_quietly, read=read)
+    started.refresh_from_db()
+    assert started.run_id is None and announced == [started.status]
+
+
+def test_a_compare_and_swap_write_logs_its_line(started, caplog):
+    read = Onboarding.objects.get(pk=started.pk)
+    with caplog.at_level("INFO", logger="moran.provisioning"):
+        onboarding_write(
+            started.pk, run_id=started.run_id, change=_count_attempts, read=read, log="looked", log_step=STEP_NAMES[0]
+        )
+    [record] = [r for r in caplog.records if r.getMessage() == "looked"]
+    assert (record.step, record.run_id, record.tenant) == (STEP_NAMES[0], str(started.run_id), started.tenant_id)
