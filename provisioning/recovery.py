@@ -380,62 +380,110 @@ def _ts(column: str) -> str:
 
 # run_facts() and run_flow(), over every run in charge at once: one row per run, computed from the step states by the
 # database (a thousand JSON documents are neither sent nor parsed), with the same rules. A test holds the two equal.
+# What costs is the work per step entry (ten per run): each is read once (jsonb_each) and reduced to its index and a
+# few flags, aggregated per run into step indices and bit masks (bit i-1 for the step at index i: the steps done, and
+# the steps of this run that ended). The few entries the decision then reads are looked up by name, and only their
+# timestamps matched and cast. The OFFSET 0s keep each level computed once, not inlined into every reference.
+#
+# The latest start of the run's steps needs all of them compared, and matching the pattern costs more than the rest of
+# an entry: when every start has the writer's own form (UTC, microseconds: fixed width, so the latest is the greatest
+# string), the greatest is matched alone; otherwise (or if it is not a time after all) every start is matched and cast.
+# Either way the latest is carried as a fixed-width UTC string with the step's index appended (later step on a tie, as
+# run_flow reads them in order).
+_WRITER_STAMP = "____-__-__T__:__:__.______Z"
+
+
+def _latest_start(e: str) -> str:
+    return f"""MAX(to_char({_ts(f"{e}.started_raw")} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+                  || chr(64 + {e}.i) COLLATE "C")"""
+
+
+_ENTRIES = """
+        SELECT array_position(%(names)s::text[], j.key) AS i,
+               COALESCE(j.value ->> 'run_id' = run.id::text, false) AS mine,
+               COALESCE(j.value ->> 'status', %(pending)s) AS status,
+               NULLIF(j.value ->> 'finished_at', '') IS NOT NULL AS has_end,
+               NULLIF(j.value ->> 'started_at', '') AS started_raw
+        FROM jsonb_each(CASE jsonb_typeof(o.provisioning_steps) WHEN 'object' THEN o.provisioning_steps
+          ELSE '{}'::jsonb END) AS j
+        -- anything but an object reads as a pending entry, as normalised() reads it: none of its flags count
+        WHERE jsonb_typeof(j.value) = 'object'
+"""
+
 _FACTS_SQL = f"""
-SELECT o.id, run.id, run.created_at, run.enqueued_at, o.updated_at, f.began,
+SELECT o.id, run.id, run.created_at, run.enqueued_at, o.updated_at, COALESCE(f.began, false),
        f.in_flight_i IS NOT NULL,
-       (%(names)s::text[])[f.in_flight_i], f.statuses[f.in_flight_i], f.since[f.in_flight_i], f.attempts[f.in_flight_i],
-       (%(names)s::text[])[f.active_i], f.statuses[f.active_i],
-       CASE WHEN f.last_end_i IS NULL THEN COALESCE(run.enqueued_at, run.created_at)
-         ELSE {_ts("f.finished_raw[f.last_end_i]")} END,
+       (%(names)s::text[])[f.in_flight_i], g.in_flight ->> 'status',
+       -- a running step's start is most often the run's latest, already cast
+       CASE WHEN g.since_raw = left(f.latest, -1) THEN f.began_at ELSE {_ts("g.since_raw")} END,
+       CASE WHEN jsonb_typeof(g.in_flight -> 'attempts') = 'number' THEN (g.in_flight ->> 'attempts')::numeric END,
+       (%(names)s::text[])[f.active_i],
+       CASE WHEN f.active_i = f.in_flight_i THEN g.in_flight ->> 'status' ELSE g.active_status END,
+       CASE WHEN f.last_end_i IS NULL THEN COALESCE(run.enqueued_at, run.created_at) ELSE g.handoff END,
        (%(names)s::text[])[f.waiting_i],
        f.began_at,
        CASE WHEN f.began_at IS NULL THEN NULL
          WHEN f.began_end_i IS NULL THEN COALESCE(run.enqueued_at, run.created_at)
-         ELSE {_ts("f.finished_raw[f.began_end_i]")} END
+         -- most often the same step as the handoff
+         WHEN f.began_end_i = f.last_end_i THEN g.handoff
+         ELSE {_ts("g.began_handoff_raw")} END
 FROM {Onboarding._meta.db_table} o
 JOIN {ProvisioningRun._meta.db_table} run ON run.id = o.run_id
 CROSS JOIN LATERAL (
-  SELECT bool_or(mine) AS began,
-         MIN(i) FILTER (WHERE in_flight) AS in_flight_i,
-         MIN(i) FILTER (WHERE in_flight AND mine) AS active_i,
-         MAX(i) FILTER (WHERE ends) AS last_end_i,
-         MIN(i) FILTER (WHERE status <> ALL(%(done_states)s)) AS waiting_i,
-         MAX(started) FILTER (WHERE mine) AS began_at,
-         (array_agg(previous_end_i ORDER BY started DESC, i DESC) FILTER (WHERE mine AND started IS NOT NULL))[1]
-           AS began_end_i,
-         array_agg(status ORDER BY i) AS statuses,
-         array_agg(since ORDER BY i) AS since,
-         array_agg(attempts ORDER BY i) AS attempts,
-         array_agg(finished_raw ORDER BY i) AS finished_raw
+  SELECT b.*,
+         -- the first step not done (an absent entry is pending): the lowest bit not set in done_mask
+         NULLIF(strpos(reverse(COALESCE(b.done_mask, 0)::bit(%(n)s)::text), '0'), 0) AS waiting_i,
+         left(b.latest, -1)::timestamptz AS began_at,
+         -- the last step of this run that ended before the latest one it began: the highest bit below it in ends_mask
+         %(n)s + 1 - NULLIF(strpos(
+           (COALESCE(b.ends_mask, 0) & ((1 << (ascii(right(b.latest, 1)) - 65)) - 1))::bit(%(n)s)::text, '1'), 0)
+           AS began_end_i
   FROM (
-    SELECT s.*,
-           CASE WHEN mine OR (in_flight AND status = %(running)s) THEN {_ts("started_raw")} END AS started,
-           CASE WHEN NOT in_flight THEN NULL
-             WHEN status = %(waiting)s THEN {_ts("waiting_raw")}
-             WHEN status = %(running)s THEN {_ts("started_raw")}
-             ELSE {_ts("COALESCE(finished_raw, started_raw)")} END AS since,
-           MAX(CASE WHEN ends THEN i END) OVER (ORDER BY i ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
-             AS previous_end_i
+    SELECT a.*,
+           CASE WHEN NOT a.writer_stamps OR left(a.greatest_start, -1) !~ %(iso)s
+             THEN (SELECT {_latest_start("r")} FROM ({_ENTRIES}) r WHERE r.mine AND r.i IS NOT NULL)
+             ELSE a.greatest_start END AS latest
     FROM (
-      SELECT n.i, x.status, x.mine, x.status = ANY(%(active_states)s) AS in_flight,
-             x.mine AND x.status = ANY(%(done_states)s) AND NULLIF(x.e ->> 'finished_at', '') IS NOT NULL AS ends,
-             CASE WHEN jsonb_typeof(x.e -> 'attempts') = 'number' THEN (x.e ->> 'attempts')::numeric END AS attempts,
-             NULLIF(x.e ->> 'started_at', '') AS started_raw,
-             NULLIF(x.e ->> 'finished_at', '') AS finished_raw,
-             NULLIF(x.e ->> 'waiting_since', '') AS waiting_raw
-      FROM unnest(%(names)s::text[]) WITH ORDINALITY AS n(name, i)
-      -- jsonb_each reads the document once (each "->" on the row's column would read it whole again)
-      LEFT JOIN jsonb_each(CASE jsonb_typeof(o.provisioning_steps) WHEN 'object' THEN o.provisioning_steps
-        ELSE '{{}}'::jsonb END) AS j ON j.key = n.name
-      CROSS JOIN LATERAL (
-        SELECT CASE WHEN jsonb_typeof(j.value) = 'object' THEN j.value ELSE '{{}}'::jsonb END
-      ) AS y(e)
-      CROSS JOIN LATERAL (
-        SELECT y.e, COALESCE(y.e ->> 'status', %(pending)s), COALESCE(y.e ->> 'run_id' = run.id::text, false)
-      ) AS x(e, status, mine)
-    ) s
-  ) t
+      SELECT bool_or(mine) AS began,
+             MIN(i) FILTER (WHERE in_flight) AS in_flight_i,
+             MIN(i) FILTER (WHERE in_flight AND mine) AS active_i,
+             MAX(i) FILTER (WHERE ends) AS last_end_i,
+             BIT_OR(1 << (i - 1)) FILTER (WHERE ends) AS ends_mask,
+             BIT_OR(1 << (i - 1)) FILTER (WHERE done) AS done_mask,
+             COALESCE(bool_and(writer_stamp) FILTER (WHERE mine AND started_raw IS NOT NULL), true) AS writer_stamps,
+             MAX(started_raw || chr(64 + i) COLLATE "C") FILTER (WHERE mine AND writer_stamp) AS greatest_start
+      FROM (
+        SELECT i, mine, started_raw, status = ANY(%(active_states)s) AS in_flight, status = ANY(%(done_states)s) AS done,
+               mine AND status = ANY(%(done_states)s) AND has_end AS ends, started_raw LIKE %(writer_stamp)s AS writer_stamp
+        FROM ({_ENTRIES} OFFSET 0) e
+        WHERE i IS NOT NULL
+        OFFSET 0
+      ) s
+    ) a
+    OFFSET 0
+  ) b
+  OFFSET 0
 ) f
+CROSS JOIN LATERAL (
+  SELECT h.*,
+         CASE h.in_flight ->> 'status'
+           WHEN %(waiting)s THEN NULLIF(h.in_flight ->> 'waiting_since', '')
+           WHEN %(running)s THEN NULLIF(h.in_flight ->> 'started_at', '')
+           ELSE COALESCE(NULLIF(h.in_flight ->> 'finished_at', ''), NULLIF(h.in_flight ->> 'started_at', '')) END
+           AS since_raw,
+         {_ts("h.handoff_raw")} AS handoff
+  FROM (
+    SELECT o.provisioning_steps -> (%(names)s::text[])[f.in_flight_i] AS in_flight,
+           CASE WHEN f.active_i <> f.in_flight_i
+             THEN o.provisioning_steps -> (%(names)s::text[])[f.active_i] ->> 'status' END AS active_status,
+           NULLIF(o.provisioning_steps -> (%(names)s::text[])[f.last_end_i] ->> 'finished_at', '') AS handoff_raw,
+           CASE WHEN f.began_end_i <> f.last_end_i
+             THEN NULLIF(o.provisioning_steps -> (%(names)s::text[])[f.began_end_i] ->> 'finished_at', '') END
+             AS began_handoff_raw
+    OFFSET 0
+  ) h
+  OFFSET 0
+) g
 WHERE o.run_id IS NOT NULL AND run.outcome = %(active)s
 ORDER BY o.id
 """
@@ -452,6 +500,8 @@ def active_run_facts() -> list[RunFacts]:
         "done_states": sorted(str(s) for s in DONE),
         "names": list(STEP_NAMES),
         "iso": _ISO_AWARE,
+        "n": len(STEP_NAMES),
+        "writer_stamp": _WRITER_STAMP,
     }
     with connection.cursor() as cursor:
         cursor.execute(_FACTS_SQL, params)

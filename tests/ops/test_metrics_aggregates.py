@@ -70,3 +70,20 @@ def test_step_durations_are_bucketed_per_finished_attempt():
     assert dict(zip(DURATION_BUCKETS, cumulative, strict=True))[0.25] == 1
     assert dict(zip(DURATION_BUCKETS, cumulative, strict=True))[5.0] == 2
     assert set(rows) == {step}
+
+
+def test_step_durations_on_the_bucket_bounds_count_in_that_bucket():
+    # given finished attempts on, just past and beyond the bounds, on two steps
+    onboarding, run_id = make_tenant().onboarding, uuid.uuid4()
+    durations = {STEP_NAMES[0]: [0.0, 0.05, 0.051, 0.1, 1.0, 180.0, 180.001, 900.0], STEP_NAMES[2]: [2.5, 2.501]}
+    for step, seconds in durations.items():
+        for attempt, duration in enumerate(seconds, start=1):
+            log_attempt(onboarding, run_id, step, attempt, duration)
+    # when
+    rows = {row[0]: row for row in step_duration_rows()}
+    # then each bucket counts the attempts at most its bound, as Prometheus's "le" reads
+    for step, seconds in durations.items():
+        _, count, total, *cumulative = rows[step]
+        assert count == len(seconds)
+        assert total == pytest.approx(sum(seconds), abs=0.001)
+        assert cumulative == [sum(1 for s in seconds if s <= bound) for bound in DURATION_BUCKETS]

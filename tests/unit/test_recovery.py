@@ -13,7 +13,7 @@ from django.db import connection
 from django.utils import timezone
 
 from moran.errors import RunActive
-from provisioning import execution, runs
+from provisioning import execution, recovery, runs
 from provisioning.execution import step_execute
 from provisioning.locks import step_lease
 from provisioning.models import OnboardingStatus, ProvisioningRun, StepAttempt, StepLog
@@ -178,17 +178,23 @@ def test_it_leaves_a_step_whose_lease_is_held(stuck, settings):
 
 
 def test_two_sweepers_at_once_act_once(stuck, settings, monkeypatch):
-    # given two sweepers (two beat instances by mistake) passing at the same moment, the clock past the deadline for
-    # everyone (so that a run one of them starts is as new to the others as it is)
+    # given two sweepers (two beat instances by mistake) passing at the same moment
     barrier = threading.Barrier(4)
     results = []
-    past_deadline = later(settings.SWEEP_STEP_DEADLINE + 1)
-    monkeypatch.setattr(timezone, "now", lambda: past_deadline)
+    # every pass has read the run before any acts: a pass that began after another had resumed it would read the
+    # new run, which the clock moved 301 s on makes look lost too (a separate pass, not two at once)
+    acting, act = threading.Barrier(4), recovery.sweep_onboarding
+
+    def sweep_onboarding_together(*args, **kwargs):
+        acting.wait(10)
+        return act(*args, **kwargs)
+
+    monkeypatch.setattr(recovery, "sweep_onboarding", sweep_onboarding_together)
 
     def sweeper():
         try:
             barrier.wait(10)
-            results.append([a.action for a in sweep(now=past_deadline)])
+            results.append([a.action for a in sweep(now=later(settings.SWEEP_STEP_DEADLINE + 1))])
         finally:
             connection.close()
 

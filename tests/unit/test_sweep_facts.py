@@ -25,6 +25,13 @@ T0 = "2026-01-05T10:00:00Z"
 T1 = "2026-01-05T10:00:01.250000Z"
 T2 = "2026-01-05T10:00:02+00:00"
 T3 = "2026-01-05T11:00:03.5+01:00"
+#: as the writer stamps them (now_iso)
+W = (
+    "2026-01-05T10:00:00.000100Z",
+    "2026-01-05T10:00:01.250000Z",
+    "2026-01-05T10:00:02.000001Z",
+    "2026-01-05T10:00:04.999999Z",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -77,6 +84,30 @@ SHAPES = {
         STEP_NAMES[4]: entry(None, run, started_at=T3),
     },
     "entries missing": lambda run: {STEP_NAMES[0]: entry("completed", run, started_at=T0, finished_at=T1)},
+    # the writer's own stamps (UTC, microseconds), which the database compares as strings
+    "writer's stamps, running": lambda run: {
+        **done(3, run, stamps=W),
+        STEP_NAMES[3]: entry("running", run, started_at=W[3]),
+    },
+    "writer's stamps, idle between steps": lambda run: done(4, run, stamps=W[::-1]),
+    "writer's stamps, the same start twice": lambda run: {
+        **done(1, run, stamps=W),
+        STEP_NAMES[1]: entry("completed", run, started_at=W[2], finished_at=W[2]),
+        STEP_NAMES[2]: entry("retrying", run, started_at=W[2], finished_at=W[3]),
+    },
+    "writer's stamps and one that is not a time, greater than them": lambda run: {
+        **done(2, run, stamps=W),
+        STEP_NAMES[2]: entry("completed", run, started_at="2026-01-05T1x:00:00.000000Z", finished_at=W[3]),
+        STEP_NAMES[3]: entry("running", run, started_at=W[3]),
+    },
+    "writer's stamps and an offset one, later than them": lambda run: {
+        **done(3, run, stamps=W),
+        STEP_NAMES[3]: entry("running", run, started_at="2026-01-05T10:30:00.000000-02:00"),
+    },
+    "writer's stamps and one without microseconds, the latest": lambda run: {
+        **done(3, run, stamps=W),
+        STEP_NAMES[3]: entry("running", run, started_at="2026-01-05T10:00:05Z"),
+    },
     "same start twice": lambda run: {
         STEP_NAMES[0]: entry("completed", run, started_at=T1, finished_at=T1),
         STEP_NAMES[1]: entry("running", run, started_at=T1),
