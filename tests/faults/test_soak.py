@@ -5,8 +5,8 @@ and a real beat running the sweeper. At the end every onboarding is COMPLETED, e
 log lines, and the engine holds no duplicate. Prints the figures, among them the longest time any step stood
 ``running`` without a live worker (its lease free): how long the status lied.
 
-``MORAN_SOAK_TENANTS`` changes the number of tenants: 40 in the test suite (CI runs it on each broker), 200 with
-``benchmarks/soak.py``."""
+``MORAN_SOAK_TENANTS`` changes the number of tenants: 200 by default (CI runs it on each broker; about half a
+minute each on a quiet machine), or any number with ``benchmarks/soak.py``."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from tests.support.workers import ROOT, BeatProcess, WorkerProcess
 
 pytestmark = [pytest.mark.soak, pytest.mark.fault, pytest.mark.realpath, pytest.mark.django_db(transaction=True)]
 
-TENANTS = int(os.environ.get("MORAN_SOAK_TENANTS", "40"))
+TENANTS = int(os.environ.get("MORAN_SOAK_TENANTS", "200"))
 CHAOS_EVERY = 4.0  # seconds between two kills
 
 
@@ -143,5 +143,6 @@ def test_soak_two_hundred_tenants_under_chaos(settings, capsys):
     artifacts.mkdir(exist_ok=True)
     with open(artifacts / "soak.txt", "a") as out:
         out.write(line + "\n")
-    assert chaos.children_killed + chaos.workers_killed > 0
+    # a soak that ended before the chaos reached both kinds of kill did not test what it says
+    assert chaos.children_killed > 0 and chaos.workers_killed > 0, figures
     assert onboardings.aggregate(n=Sum("steps_completed"))["n"] == TENANTS * TOTAL_STEPS

@@ -319,7 +319,9 @@ def test_it_delivers_exactly_once_when_the_send_was_lost_with_its_worker(receive
         wait_for_status(tenant.onboarding, OnboardingStatus.COMPLETED)
     finally:
         django_settings.PROVISIONING_QUEUE = previous
-    # ... and is killed after its final commit; the send message is lost with it (as with a broker that lost it)
+    # ... and is killed after its final commit and the send it made after the commit (the status shows before it);
+    # the send message is lost with it (as with a broker that lost it)
+    wait_for_messages(lost_queue, 1)
     first.kill()
     with celery_app.connection_for_write() as conn:
         assert conn.default_channel.queue_purge(lost_queue) == 1
@@ -344,3 +346,19 @@ def test_it_delivers_exactly_once_when_the_send_was_lost_with_its_worker(receive
     delivery.refresh_from_db()
     assert (delivery.state, delivery.attempts, delivery.last_status_code) == ("delivered", 1, 200)
     assert list(delivery.tries.values_list("number", "outcome")) == [(1, "delivered")]
+
+
+def wait_for_messages(queue: str, count: int, timeout: float = 30.0) -> None:
+    """Until ``queue`` holds ``count`` messages (a passive declare: the queue exists once something was sent to it)."""
+    deadline = time.monotonic() + timeout
+    held = 0
+    while time.monotonic() < deadline:
+        with celery_app.connection_for_write() as conn:
+            try:
+                held = conn.default_channel.queue_declare(queue=queue, passive=True).message_count
+            except conn.channel_errors:
+                held = 0  # not declared yet: nothing was sent to it
+        if held >= count:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{queue} held {held} messages after {timeout} s, not {count}")
