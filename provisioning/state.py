@@ -147,17 +147,17 @@ def onboarding_write(
     the locked write (which runs the change again, on the locked row) when the row changed, when the change sends SQL
     of its own, or when the write ends the run (its announcements are written under the lock).
     """
+    write = {
+        "run_id": run_id,
+        "change": change,
+        "log": log,
+        "log_step": log_step,
+        "log_level": log_level,
+        "log_attempt": log_attempt,
+    }
     if read is not None and connection.vendor == "postgresql" and not connection.in_atomic_block:
         try:
-            written = _conditional_write(
-                read,
-                run_id=run_id,
-                change=change,
-                log=log,
-                log_step=log_step,
-                log_level=log_level,
-                log_attempt=log_attempt,
-            )
+            written = _conditional_write(read, **write)
         except (OperationalError, InterfaceError):
             connection.close()  # the locked write below reconnects and applies it (a change is idempotent on a row)
             written = None
@@ -166,15 +166,7 @@ def onboarding_write(
     attempt = 0
     while True:
         try:
-            return _onboarding_write(
-                onboarding_id,
-                run_id=run_id,
-                change=change,
-                log=log,
-                log_step=log_step,
-                log_level=log_level,
-                log_attempt=log_attempt,
-            )
+            return _onboarding_write(onboarding_id, **write)
         except (OperationalError, InterfaceError):
             if connection.in_atomic_block or attempt == WRITE_RECONNECTS:
                 raise  # an outer transaction is lost with the connection: only its owner may start it again
