@@ -70,11 +70,15 @@ def pending_write(instance: Model) -> None:
 
 def _inserts(pending) -> list[tuple[str, list]]:
     """One multi-row INSERT per model, rows in the order they were added."""
+    return [insert_sql(model, rows) for model, rows in _rows_by_model(pending).items()]
+
+
+def _rows_by_model(pending) -> dict[type, list[Model]]:
     by_model: dict[type, list[Model]] = {}
     for kind, item in pending:
         if kind == "insert":
             by_model.setdefault(type(item), []).append(item)
-    return [insert_sql(model, rows) for model, rows in by_model.items()]
+    return by_model
 
 
 def pending_write_if(instance: Model, *, version_field: str, expected) -> bool:
@@ -84,11 +88,7 @@ def pending_write_if(instance: Model, *, version_field: str, expected) -> bool:
     setattr(instance, _ATTR, None)
     sql, params = save_if_sql(instance, version_field=version_field, expected=expected)
     parts = [("u", sql, params)]
-    by_model: dict[type, list[Model]] = {}
-    for kind, item in pending:
-        if kind == "insert":
-            by_model.setdefault(type(item), []).append(item)
-    for model, rows in by_model.items():
+    for model, rows in _rows_by_model(pending).items():
         parts.append((f"w{len(parts)}", *insert_if_sql(model, rows, source="u")))
     for kind, item in pending:
         if kind == "update":
