@@ -12,13 +12,43 @@ they skip locally, and fail under CI=true: CI must never go green by skipping th
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 import pytest
 from django.conf import settings
+from django.core.management.base import CommandError
+from django.db import OperationalError, connection
+from django.test import TransactionTestCase
 
 from celery_app import app as celery_app
 from tests.support.workers import WorkerProcess, realpath_available
+
+
+def pytest_configure(config):
+    _flush_retried_on_deadlock()
+
+
+def _flush_retried_on_deadlock():
+    """A test's TRUNCATE takes every table's lock one by one; a step of the session's worker still finishing the test's
+    last tenant may hold one of them while it waits for another, and PostgreSQL then breaks the deadlock by failing
+    the flush. The step is over a moment later, so the flush is tried again."""
+    original = TransactionTestCase._fixture_teardown
+    if getattr(original, "retries_deadlocks", False):
+        return
+
+    def teardown(self):
+        for attempt in range(5):
+            try:
+                return original(self)
+            except CommandError as exc:
+                cause = exc.__cause__
+                if attempt == 4 or not (isinstance(cause, OperationalError) and "deadlock" in str(cause)):
+                    raise
+                time.sleep(0.5)
+
+    teardown.retries_deadlocks = True
+    TransactionTestCase._fixture_teardown = teardown
 
 
 def pytest_collection_modifyitems(config, items):
@@ -71,3 +101,48 @@ def worker(django_db_setup, worker_queue):
     proc = WorkerProcess(worker_queue).start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(autouse=True)
+def session_worker_settles(request):
+    """The session's worker outlives each test: a test that returns while its tenants are still provisioning
+    (``--no-wait``, a batch left running) would have them flushed from under the worker's steps. Before the flush,
+    their runs are cancelled and the worker's sessions are given a moment to go quiet."""
+    if "worker" not in request.fixturenames:
+        yield
+        return
+    # Requested here so that this teardown runs before the database's flush.
+    request.getfixturevalue("_django_db_helper")
+    yield
+    settle_session_worker()
+
+
+def settle_session_worker(timeout: float = 15.0):
+    # Imported here: this plugin module is loaded before Django's apps are.
+    from moran.errors import NoActiveRun
+    from provisioning.models import Onboarding, OnboardingStatus
+    from provisioning.runs import onboarding_cancel
+
+    for onboarding in Onboarding.objects.filter(status=OnboardingStatus.IN_PROGRESS):
+        try:
+            onboarding_cancel(onboarding=onboarding, requested_by="the test's teardown")
+        except NoActiveRun:
+            pass
+    deadline = time.monotonic() + timeout
+    quiet_since = None
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            # Another session of this database inside a statement or a transaction, or holding a lease or a slot.
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity a WHERE a.datname = current_database()"
+                " AND a.pid <> pg_backend_pid() AND (a.state = 'active' OR a.state LIKE 'idle in transaction%'"
+                " OR EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory'))"
+            )
+            busy = cursor.fetchone()[0]
+        if busy:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= 0.3:
+            return
+        time.sleep(0.05)
