@@ -17,9 +17,9 @@ import time
 import uuid
 
 import pytest
-from django.db.models import Sum
+from django.db.models import Count, Sum
 
-from provisioning.models import Onboarding, OnboardingStatus, ProvisioningRun, StepLog
+from provisioning.models import Onboarding, OnboardingStatus, ProvisioningRun, StepAttempt, StepLog
 from provisioning.recovery import SWEEPER
 from provisioning.services import onboarding_start
 from provisioning.steps import TOTAL_STEPS
@@ -65,6 +65,22 @@ class Chaos(threading.Thread):
             else:
                 self.children_killed += kill_pool_children(worker)
             turn += 1
+
+
+def most_found_interrupted(onboardings) -> int:
+    """The highest number of attempts of one step that the sweeper found interrupted: how close the chaos came to
+    the poison-step rule (``SWEEP_MAX_RESUMES``)."""
+    counts = (
+        StepAttempt.objects.filter(
+            onboarding__in=onboardings,
+            outcome=StepAttempt.Outcome.INTERRUPTED,
+            ended_by=StepAttempt.EndedBy.SWEEPER,
+        )
+        .values("onboarding", "step")
+        .annotate(n=Count("id"))
+        .values_list("n", flat=True)
+    )
+    return max(counts, default=0)
 
 
 @pytest.mark.timeout(1800)  # the suite's 600 s is for ordinary tests; the soak waits up to 1200 s for the tenants
@@ -131,6 +147,7 @@ def test_soak_two_hundred_tenants_under_chaos(settings, capsys):
         "duplicate deliveries dropped": logs.filter(message__contains="second delivery").count(),
         "transient retries": logs.filter(message__startswith="transient error").count(),
         "longest step running without a live worker (s)": round(watch.longest, 1),
+        "most interruptions of one step found by the sweeper": most_found_interrupted(onboardings),
         "sweeper runs": ProvisioningRun.objects.filter(onboarding__in=onboardings, requested_by=SWEEPER).count(),
         "runs": ProvisioningRun.objects.filter(onboarding__in=onboardings).count(),
         "log lines": logs.count(),

@@ -184,19 +184,39 @@ def running_step(onboarding_id) -> str | None:
 
 
 def wait_all(onboarding_ids, statuses=END_STATES, *, timeout: float, tick=None) -> dict:
-    """Wait until every onboarding is in one of ``statuses`` (calling ``tick()`` between polls, e.g. a sweep)."""
+    """Wait until every onboarding is in one of ``statuses`` (calling ``tick()`` between polls, e.g. a sweep).
+
+    An onboarding that ended in another end state (PARTIAL where COMPLETED was awaited) fails the wait at once: no
+    worker or sweeper moves it again, and the failure names its failed steps and their errors."""
     statuses = set(statuses)
     deadline = time.monotonic() + timeout
     while True:
         rows = dict(Onboarding.objects.filter(pk__in=onboarding_ids).values_list("pk", "status"))
         if all(rows[pk] in statuses for pk in onboarding_ids):
             return rows
+        ended_otherwise = [pk for pk, status in rows.items() if status in END_STATES and status not in statuses]
+        if ended_otherwise:
+            raise AssertionError(f"onboardings ended outside {statuses}: {failed_steps(ended_otherwise)}")
         if time.monotonic() > deadline:
             late = Counter(status for status in rows.values() if status not in statuses)
             raise AssertionError(f"not all onboardings reached {statuses} within {timeout} s: {late}")
         if tick:
             tick()
         time.sleep(0.5)
+
+
+def failed_steps(onboarding_ids) -> dict:
+    """Per onboarding: its status and each unfinished step's status, attempts and error, with its last log lines."""
+    found = {}
+    for onboarding in Onboarding.objects.filter(pk__in=onboarding_ids).select_related("tenant"):
+        steps = {
+            name: {k: entry.get(k) for k in ("status", "attempts", "error")}
+            for name, entry in normalised(onboarding.provisioning_steps).items()
+            if entry["status"] not in (StepStatus.COMPLETED, StepStatus.SKIPPED)
+        }
+        lines = StepLog.objects.filter(onboarding=onboarding).order_by("-id").values_list("step", "message")[:8]
+        found[onboarding.tenant.slug] = {"status": onboarding.status, "steps": steps, "last logs": list(lines)[::-1]}
+    return found
 
 
 #: the outcome a step's last attempt must have when the step rests in this status.
