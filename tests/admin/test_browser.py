@@ -76,23 +76,33 @@ def shot(page, name):
     return path
 
 
-def test_it_lets_an_operator_continue_a_partial_tenant_to_completed(live_server, worker, page):
-    from playwright.sync_api import expect
-
-    # given: a console with one tenant of each kind, acme PARTIAL at step 4
+def a_console():
+    """An operator account and one tenant of each kind (COMPLETED, FAILED, PENDING, PARTIAL); returns the PARTIAL
+    one, acme, failed at step 4 on an engine slowed down so that the operator can watch its run move."""
     User.objects.create_superuser("operator", "operator@moran.test", PASSWORD)
     provisioned("northwind", "Northwind Ltd", "NWT")
     provisioned("globex", "Globex Corp", "GLX", fail_step="step_0_engine_check", wanted=OnboardingStatus.FAILED)
     make_tenant(slug="initech", company_name="Initech Inc", abbr="INI")
     acme = provisioned("acme", "Acme Ltd", "ACME", fail_step="step_4_cost_centers", wanted=OnboardingStatus.PARTIAL)
-    # slow the engine down for acme so the operator can watch the run move
     SandboxFault.objects.create(tenant=acme, kind=SandboxFault.Kind.LATENCY, latency_ms=120)
+    return acme
 
-    # when: the operator logs in
-    page.goto(f"{live_server.url}/admin/login/?next=/admin/provisioning/onboarding/")
+
+def admin_login(page, base_url, *, next_path):
+    page.goto(f"{base_url}/admin/login/?next={next_path}")
     page.fill("#id_username", "operator")
     page.fill("#id_password", PASSWORD)
     page.click("input[type=submit]")
+
+
+def test_it_lets_an_operator_continue_a_partial_tenant_to_completed(live_server, worker, page):
+    from playwright.sync_api import expect
+
+    # given: a console with one tenant of each kind, acme PARTIAL at step 4
+    acme = a_console()
+
+    # when: the operator logs in
+    admin_login(page, live_server.url, next_path="/admin/provisioning/onboarding/")
 
     # then: the list shows acme PARTIAL 4/10 with its error
     row = page.locator("#result_list tbody tr", has_text="Acme Ltd")

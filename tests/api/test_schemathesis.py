@@ -30,75 +30,77 @@ CHECKS = REGISTRY.get_all()
 NOT_FOR_CREATE = [check for check in CHECKS if check.__name__ == "positive_data_acceptance"]
 
 
+CREATES = ("POST /api/tenants", "POST /api/tenants/batch")
+
+
+def negative_at(case, location) -> bool:
+    return case.meta is not None and case.meta.is_negative_at(location)
+
+
+def fuzz(operation, mode, *, call, tokens, users):
+    """Generated cases of one operation in one mode, each sent as every member of the cast; a case with a tenant id
+    is sent again on tenants that exist (the owner's own, and someone else's)."""
+    label = f"{operation.method.upper()} {operation.path}"
+
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.generate],
+    )
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def run(case):
+        for who, token in tokens.items():
+            if operation.path == "/api/auth/logout":
+                # log-out revokes the token it is sent with: use a fresh one each time
+                token = token_issue(email=users[who].email, password=PASSWORD).token
+            call(case, label, token)
+            if "tenant_id" in (case.path_parameters or {}) and not negative_at(case, ParameterLocation.PATH):
+                for real in users["real tenant ids"]:
+                    case.path_parameters = {**case.path_parameters, "tenant_id": real}
+                    call(case, label, token)
+
+    run()
+
+
 def test_it_answers_generated_requests_without_5xx_or_schema_breaks(
     live_server, eager, operator, owner, acme, globex, client_for
 ):
     # given: the schema as the live server serves it, and the cast's tokens
     schema = schemathesis.openapi.from_url(f"{live_server.url}/api/schema/")
     tokens = {"operator": client_for(operator).token, "owner": client_for(owner).token}
+    users = {"operator": operator, "owner": owner, "real tenant ids": ("acme", str(globex.id))}
     calls: dict[str, int] = {}
     statuses: set[tuple[str, int]] = set()
     refusals: list[str] = []
 
     # No shared requests.Session: a kept-alive connection would keep a server thread, and its database connection,
     # alive past the test, and the test database could not be dropped.
-    def negative_at(case, location) -> bool:
-        return case.meta is not None and case.meta.is_negative_at(location)
-
     def call(case, label, token):
         # A case whose headers were made invalid on purpose (the required Authorization left out) is sent as made.
         headers = {} if negative_at(case, ParameterLocation.HEADER) else {"Authorization": f"Bearer {token}"}
-        excluded = NOT_FOR_CREATE if label in ("POST /api/tenants", "POST /api/tenants/batch") else []
+        excluded = NOT_FOR_CREATE if label in CREATES else []
         response = case.call_and_validate(
             base_url=live_server.url, headers=headers, checks=CHECKS, excluded_checks=excluded
         )
         calls[label] = calls.get(label, 0) + 1
         statuses.add((label, response.status_code))
-        if label in ("POST /api/tenants", "POST /api/tenants/batch") and response.status_code == 400:
+        if label in CREATES and response.status_code == 400:
             refusals.append(response.text[:300])
-
-    def fuzz(operation, mode):
-        label = f"{operation.method.upper()} {operation.path}"
-
-        @settings(
-            max_examples=MAX_EXAMPLES,
-            deadline=None,
-            database=None,
-            suppress_health_check=list(HealthCheck),
-            phases=[Phase.explicit, Phase.generate],
-        )
-        @given(case=operation.as_strategy(generation_mode=mode))
-        def run(case):
-            for who, token in tokens.items():
-                if operation.path == "/api/auth/logout":
-                    # log-out revokes the token it is sent with: use a fresh one each time
-                    user = operator if who == "operator" else owner
-                    token = token_issue(email=user.email, password=PASSWORD).token
-                call(case, label, token)
-                if "tenant_id" in (case.path_parameters or {}) and not negative_at(case, ParameterLocation.PATH):
-                    # the same request on tenants that exist: the owner's own and someone else's
-                    for real in ("acme", str(globex.id)):
-                        case.path_parameters = {**case.path_parameters, "tenant_id": real}
-                        call(case, label, token)
-
-        run()
 
     # when
     operations = [result.ok() for result in schema.get_all_operations()]
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            fuzz(operation, mode)
-        if (operation.method.upper(), operation.path) == ("POST", "/api/tenants"):
-            # The schema's own example, sent explicitly: Hypothesis's CI profile (CI=true) does not replay examples,
-            # and random bodies are (rightly) refused, so this is what proves a valid create conforms too.
+            fuzz(operation, mode, call=call, tokens=tokens, users=users)
+        label = f"{operation.method.upper()} {operation.path}"
+        if label in CREATES:
+            # The schema's own example (a tenant, a batch), sent explicitly: Hypothesis's CI profile (CI=true) does
+            # not replay examples, and random bodies are (rightly) refused, so this is what proves a valid create
+            # conforms too.
             example = operation.definition.raw["requestBody"]["content"]["application/json"]["examples"]
             body = next(iter(example.values()))["value"]
-            call(operation.Case(body=body, media_type="application/json"), "POST /api/tenants", tokens["operator"])
-        if (operation.method.upper(), operation.path) == ("POST", "/api/tenants/batch"):
-            # The same for a batch: its example is valid, so the 202 body is checked against the schema too.
-            example = operation.definition.raw["requestBody"]["content"]["application/json"]["examples"]
-            body = next(iter(example.values()))["value"]
-            label = "POST /api/tenants/batch"
             call(operation.Case(body=body, media_type="application/json"), label, tokens["operator"])
 
     # then: every operation was exercised (the checks raised on any failure above)

@@ -91,6 +91,20 @@ def run_script(name, *args, **env):
     )
 
 
+def login_and_continue(tenant) -> str:
+    """Log in as the script operator and press continue on ``tenant`` over HTTP; returns the token."""
+    ops = requests.post(
+        "http://127.0.0.1:4000/api/auth/login", json={"email": "ops@moran.test", "password": SECRET}, timeout=10
+    ).json()["access_token"]
+    continued = requests.post(
+        f"http://127.0.0.1:4000/api/provisioning/tenants/{tenant.id}/continue",
+        headers={"Authorization": f"Bearer {ops}"},
+        timeout=30,
+    )
+    assert continued.status_code == 202
+    return ops
+
+
 def test_it_shows_a_partial_tenant_then_follows_continue_to_completed(
     server_on_port_4000, script_operator, acme, globex
 ):
@@ -118,15 +132,7 @@ def test_it_shows_a_partial_tenant_then_follows_continue_to_completed(
 
     # when: continue on a slow engine, watched by the monitor until it settles
     SandboxFault.objects.create(tenant=acme, kind=SandboxFault.Kind.LATENCY, latency_ms=250)
-    ops = requests.post(
-        "http://127.0.0.1:4000/api/auth/login", json={"email": "ops@moran.test", "password": SECRET}, timeout=10
-    ).json()["access_token"]
-    continued = requests.post(
-        f"http://127.0.0.1:4000/api/provisioning/tenants/{acme.id}/continue",
-        headers={"Authorization": f"Bearer {ops}"},
-        timeout=30,
-    )
-    assert continued.status_code == 202
+    ops = login_and_continue(acme)
     monitor = run_script("monitor_provisioning.sh", "acme", MORAN_TOKEN=ops, MORAN_INTERVAL="0.5")
     # then: it saw the run and stopped once it was COMPLETED
     assert monitor.returncode == 0, monitor.stdout + monitor.stderr

@@ -18,6 +18,14 @@ from tests.support.workers import wait_for_status
 pytestmark = [pytest.mark.realpath, pytest.mark.django_db(transaction=True)]
 
 
+PROVISION_SEC = [
+    *"provision_tenant sec --create --company".split(),
+    "Secret Co",
+    *"--abbr SEC --currency EUR --country Germany --admin-email admin@secret.test --cost-center Operations".split(),
+    *"--engine lab --timeout 60 -v 2".split(),
+]
+
+
 def test_the_api_secret_appears_in_no_log_line_and_no_response(worker, frappe, monkeypatch, caplog):
     # given
     caplog.set_level(logging.DEBUG)
@@ -35,31 +43,7 @@ def test_the_api_secret_appears_in_no_log_line_and_no_response(worker, frappe, m
     )
     frappe.inject(503, times=2, doctype="Company")  # a retried step logs its transient errors too
     # when
-    outputs.append(
-        run(
-            "provision_tenant",
-            "sec",
-            "--create",
-            "--company",
-            "Secret Co",
-            "--abbr",
-            "SEC",
-            "--currency",
-            "EUR",
-            "--country",
-            "Germany",
-            "--admin-email",
-            "admin@secret.test",
-            "--cost-center",
-            "Operations",
-            "--engine",
-            "lab",
-            "--timeout",
-            "60",
-            "-v",
-            "2",
-        )
-    )
+    outputs.append(run(*PROVISION_SEC))
     onboarding = wait_for_status(Tenant.objects.get(slug="sec").onboarding, OnboardingStatus.PARTIAL)
     outputs.append(run("provisioning_status", "sec", "--json"))
     outputs.append(run("provision_tenant", "sec", "--verify"))

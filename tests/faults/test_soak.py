@@ -83,6 +83,42 @@ def most_found_interrupted(onboardings) -> int:
     return max(counts, default=0)
 
 
+def soak_figures(onboardings, *, broker_kind, chaos, watch, wall) -> dict:
+    """What the soak did and found, for CI's output and ``artifacts/soak.txt``."""
+    logs = StepLog.objects.filter(onboarding__in=onboardings)
+    attempts = sum(
+        entry["attempts"]
+        for steps in onboardings.values_list("provisioning_steps", flat=True)
+        for entry in steps.values()
+    )
+    return {
+        "broker": broker_kind,
+        "tenants": TENANTS,
+        "steps": TENANTS * TOTAL_STEPS,
+        "attempts": attempts,
+        "pool processes killed": chaos.children_killed,
+        "whole workers killed": chaos.workers_killed,
+        "redeliveries (interrupted attempts resumed)": logs.filter(message__contains="delivered again").count(),
+        "duplicate deliveries dropped": logs.filter(message__contains="second delivery").count(),
+        "transient retries": logs.filter(message__startswith="transient error").count(),
+        "longest step running without a live worker (s)": round(watch.longest, 1),
+        "most interruptions of one step found by the sweeper": most_found_interrupted(onboardings),
+        "sweeper runs": ProvisioningRun.objects.filter(onboarding__in=onboardings, requested_by=SWEEPER).count(),
+        "runs": ProvisioningRun.objects.filter(onboarding__in=onboardings).count(),
+        "log lines": logs.count(),
+        "wall time (s)": round(wall, 1),
+    }
+
+
+def report(line: str, capsys) -> None:
+    with capsys.disabled():  # the figures belong in CI's output, pass or fail
+        print("\n" + line)
+    artifacts = ROOT / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with open(artifacts / "soak.txt", "a") as out:
+        out.write(line + "\n")
+
+
 @pytest.mark.timeout(1800)  # the suite's 600 s is for ordinary tests; the soak waits up to 1200 s for the tenants
 def test_soak_two_hundred_tenants_under_chaos(settings, capsys):
     started = time.monotonic()
@@ -130,36 +166,8 @@ def test_soak_two_hundred_tenants_under_chaos(settings, capsys):
     for tenant in random.Random(1).sample(tenants, min(20, TENANTS)):
         assert confirmed_by_engine(tenant.onboarding) == []
     assert engine_duplicates(tenants) == []
-    logs = StepLog.objects.filter(onboarding__in=onboardings)
-    attempts = sum(
-        entry["attempts"]
-        for steps in onboardings.values_list("provisioning_steps", flat=True)
-        for entry in steps.values()
-    )
-    figures = {
-        "broker": server.kind,
-        "tenants": TENANTS,
-        "steps": TENANTS * TOTAL_STEPS,
-        "attempts": attempts,
-        "pool processes killed": chaos.children_killed,
-        "whole workers killed": chaos.workers_killed,
-        "redeliveries (interrupted attempts resumed)": logs.filter(message__contains="delivered again").count(),
-        "duplicate deliveries dropped": logs.filter(message__contains="second delivery").count(),
-        "transient retries": logs.filter(message__startswith="transient error").count(),
-        "longest step running without a live worker (s)": round(watch.longest, 1),
-        "most interruptions of one step found by the sweeper": most_found_interrupted(onboardings),
-        "sweeper runs": ProvisioningRun.objects.filter(onboarding__in=onboardings, requested_by=SWEEPER).count(),
-        "runs": ProvisioningRun.objects.filter(onboarding__in=onboardings).count(),
-        "log lines": logs.count(),
-        "wall time (s)": round(wall, 1),
-    }
-    line = "SOAK " + ", ".join(f"{k}: {v}" for k, v in figures.items())
-    with capsys.disabled():  # the figures belong in CI's output, pass or fail
-        print("\n" + line)
-    artifacts = ROOT / "artifacts"
-    artifacts.mkdir(exist_ok=True)
-    with open(artifacts / "soak.txt", "a") as out:
-        out.write(line + "\n")
+    figures = soak_figures(onboardings, broker_kind=server.kind, chaos=chaos, watch=watch, wall=wall)
+    report("SOAK " + ", ".join(f"{k}: {v}" for k, v in figures.items()), capsys)
     # a soak that ended before the chaos reached both kinds of kill did not test what it says
     assert chaos.children_killed > 0 and chaos.workers_killed > 0, figures
     assert onboardings.aggregate(n=Sum("steps_completed"))["n"] == TENANTS * TOTAL_STEPS
