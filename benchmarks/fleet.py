@@ -7,6 +7,7 @@ SCALE (default 1: the recorded latencies, a company create 2.5 s alone) shrinks 
 The scenario is ``tests/fleet/bench_fleet.py``.
 """
 
+import argparse
 import os
 import subprocess
 import sys
@@ -15,8 +16,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 if __name__ == "__main__":
-    tenants = sys.argv[1] if len(sys.argv) > 1 else "50"
-    scale = sys.argv[2] if len(sys.argv) > 2 else "1"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("tenants", nargs="?", type=int, default=50, help="tenants started at once (default 50)")
+    parser.add_argument("scale", nargs="?", type=float, default=1.0, help="latency scale (default 1: as recorded)")
+    args = parser.parse_args()
+    if args.tenants < 1 or not 0 < args.scale <= 1:
+        parser.error("tenants must be at least 1, and scale in (0, 1]")
+    tenants, scale = str(args.tenants), str(args.scale)
     command = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:logging", "-p", "no:cacheprovider"]
     command += ["-o", "timeout=3600", "tests/fleet/bench_fleet.py"]
     env = {**os.environ, "MORAN_FLEET_TENANTS": tenants, "MORAN_FLEET_SCALE": scale}

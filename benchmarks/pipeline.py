@@ -9,6 +9,7 @@ the ratio of a second run (retry: everything exists, nothing created) to the fir
 It creates its own database (a temporary SQLite file, or the named PostgreSQL database, which it migrates).
 """
 
+import argparse
 import os
 import statistics
 import sys
@@ -75,4 +76,9 @@ def main(n: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("tenants", nargs="?", type=int, default=20, help="tenants provisioned (default 20)")
+    args = parser.parse_args()
+    if args.tenants < 1:
+        parser.error("tenants must be at least 1")
+    main(args.tenants)

@@ -8,6 +8,7 @@ any step stood running without a live worker. Needs PostgreSQL and a broker URL:
 of its own for the workers (``redis-server`` on the PATH); with RabbitMQ it uses the one given, on queues of its own.
 """
 
+import argparse
 import os
 import subprocess
 import sys
@@ -16,7 +17,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 if __name__ == "__main__":
-    tenants = sys.argv[1] if len(sys.argv) > 1 else "200"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("tenants", nargs="?", type=int, default=200, help="tenants provisioned (default 200)")
+    args = parser.parse_args()
+    if args.tenants < 1:
+        parser.error("tenants must be at least 1")
+    tenants = str(args.tenants)
     command = [
         sys.executable,
         "-m",

@@ -7,6 +7,7 @@ It migrates the named PostgreSQL database and adds its rows (tenants named ``swe
 queries, the wall time and this process's CPU time of a pass (the median of five) that finds nothing to do.
 """
 
+import argparse
 import os
 import statistics
 import sys
@@ -90,4 +91,10 @@ def main(tenants: int, active: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 10_000, int(sys.argv[2]) if len(sys.argv) > 2 else 1_000)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("tenants", nargs="?", type=int, default=10_000, help="tenants (default 10,000)")
+    parser.add_argument("active", nargs="?", type=int, default=1_000, help="of them with a run in flight (1,000)")
+    args = parser.parse_args()
+    if not 0 <= args.active <= args.tenants:
+        parser.error("active must be between 0 and tenants")
+    main(args.tenants, args.active)
