@@ -279,7 +279,6 @@ def _apply_state(onboarding: Onboarding, steps: dict) -> None:
     onboarding.steps_completed = derived.steps_completed
     onboarding.progress = derived.progress
     onboarding.version += 1
-    onboarding._saving_state = True
 
 
 def step_log_row(onboarding: Onboarding, step: str, attempt: int, message: str, level=StepLog.Level.INFO) -> None:

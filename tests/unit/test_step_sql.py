@@ -4,6 +4,8 @@ happens."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -14,7 +16,7 @@ from provisioning.locks import step_lease_key, try_advisory_locks
 from provisioning.models import Onboarding, StepAttempt, StepLog
 from provisioning.rowsql import select_for_update
 from provisioning.runs import onboarding_start
-from provisioning.state import Changed, onboarding_write, step_log_row
+from provisioning.state import Changed, Stale, onboarding_write, step_log_row
 from provisioning.steps import STEP_NAMES
 from tenants.models import Tenant
 from tests.support.factories import make_tenant
@@ -195,11 +197,10 @@ def test_a_change_that_sends_sql_of_its_own_runs_once_under_the_lock(started):
 
 
 def test_a_stale_read_of_another_run_writes_nothing(started):
-    from provisioning.state import Stale
-
     read = Onboarding.objects.get(pk=started.pk)
-    with pytest.raises(Stale):
-        onboarding_write(started.pk, run_id="00000000-0000-0000-0000-000000000000", change=_count_attempts, read=read)
+    other = "00000000-0000-0000-0000-000000000000"
+    with pytest.raises(Stale, match=f"run {other} is not in charge of onboarding {started.pk}"):
+        onboarding_write(started.pk, run_id=other, change=_count_attempts, read=read)
     assert not StepLog.objects.filter(onboarding=started, message="counted").exists()
 
 
@@ -343,3 +344,14 @@ def test_a_compare_and_swap_write_logs_its_line(started, caplog):
         )
     [record] = [r for r in caplog.records if r.getMessage() == "looked"]
     assert (record.step, record.run_id, record.tenant) == (STEP_NAMES[0], str(started.run_id), started.tenant_id)
+
+
+@postgres_only
+def test_a_write_without_a_run_goes_through_on_an_onboarding_that_has_none():
+    onboarding = make_tenant(slug="lean-idle").onboarding
+    read = Onboarding.objects.get(pk=onboarding.pk)
+    written = onboarding_write(onboarding.pk, run_id=None, change=_count_attempts, read=read, log="looked idle")
+    assert written.onboarding.provisioning_steps[STEP_NAMES[0]]["attempts"] == 1
+    assert StepLog.objects.filter(onboarding=onboarding, message="looked idle", run_id=None).exists()
+    with pytest.raises(Stale):  # and one that names a run, on an onboarding with none, is stale
+        onboarding_write(onboarding.pk, run_id=str(uuid.uuid4()), change=_count_attempts, read=read)
