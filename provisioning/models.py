@@ -86,8 +86,8 @@ class Onboarding(models.Model):
     def save(self, *args, **kwargs):
         # A guard, not logic: an instance read earlier (a status view, an admin form, a shell) and saved later would
         # write back its stale copy of the step states over a worker's update -- the seeds' bug in another form.
-        # The one writer sends its own UPDATE, so ``save()`` never writes state fields of an existing row.
-        if not self._state.adding:
+        # Outside the one writer, state fields are never saved.
+        if not self._state.adding and not getattr(self, "_saving_state", False):
             fields = kwargs.get("update_fields")
             if fields is None:
                 fields = [f.name for f in self._meta.concrete_fields if not f.primary_key]

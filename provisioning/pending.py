@@ -57,7 +57,13 @@ def pending_write(instance: Model) -> None:
             else:
                 model, where, values = item
                 model.objects.filter(**where).update(**values)
-        instance.save()
+        # The one writer's own save goes past the model's guard on state fields; only this save, so the instance
+        # the writer returns cannot carry the pass into a later save().
+        instance._saving_state = True
+        try:
+            instance.save()
+        finally:
+            instance._saving_state = False
         return
     parts = _inserts(pending) + [update_sql(*item) for kind, item in pending if kind == "update"]
     sql, params = save_sql(instance)

@@ -355,3 +355,12 @@ def test_a_write_without_a_run_goes_through_on_an_onboarding_that_has_none():
     assert StepLog.objects.filter(onboarding=onboarding, message="looked idle", run_id=None).exists()
     with pytest.raises(Stale):  # and one that names a run, on an onboarding with none, is stale
         onboarding_write(onboarding.pk, run_id=str(uuid.uuid4()), change=_count_attempts, read=read)
+
+
+def test_the_instance_the_writer_returns_cannot_save_state_later(started):
+    written = onboarding_write(started.pk, run_id=started.run_id, change=_count_attempts)
+    written.onboarding.status = "FAILED"
+    written.onboarding.provisioning_steps = {}
+    written.onboarding.save()  # a caller that edits and saves the returned instance: the guard still holds
+    fresh = Onboarding.objects.get(pk=started.pk)
+    assert fresh.status == started.status and fresh.provisioning_steps[STEP_NAMES[0]]["attempts"] == 1
