@@ -176,6 +176,18 @@ def step_execute(*, onboarding_id: int, run_id: str, step_name: str, retries: in
         )
 
 
+def _step_intend(onboarding_id: int, run_id: str, step_name: str, doctype: str, name: str) -> None:
+    """Record, committed before the engine is asked, that this step is about to create ``doctype`` ``name``: the
+    attempt after a worker killed between the create and its result then knows the document is Moran's."""
+
+    def change(ob, steps):
+        entry = steps[step_name]
+        steps[step_name] = {**entry, "intended": sorted({*(entry.get("intended") or ()), f"{doctype}:{name}"})}
+        return steps
+
+    onboarding_write(onboarding_id, run_id=run_id, change=change)
+
+
 def _read(onboarding_id: int) -> tuple[Tenant, Onboarding] | None:
     """The tenant, its engine connection and its onboarding (unlocked: the begin write compares its version): the
     step's first statement, and its connection check. Django checks a reused connection with a round trip of its own
@@ -274,6 +286,10 @@ def _step_execute(
         engine=engine_for(tenant.engine, tenant=tenant, step=step_name),
         spec=TenantSpec.from_tenant(tenant, admin_history=step.reads_admin_history),
         skipped=skipped,
+        intend=lambda doctype, name: _step_intend(onboarding_id, run_id, step_name, doctype, name),
+        intended=frozenset(
+            tuple(key.split(":", 1)) for key in onboarding.provisioning_steps[step_name].get("intended") or ()
+        ),
     )
     try:
         if getattr(step, "serialize_per_engine", False):
@@ -283,6 +299,8 @@ def _step_execute(
                 result, done = execute(step, ctx)
         else:
             result, done = execute(step, ctx)
+    except Stale:
+        return Outcome(StepOutcome.STALE)  # superseded while it ran (it recorded an intent): the new run decides
     except Exception as exc:
         failure = step_error(exc, step_name=step_name)
     else:

@@ -114,6 +114,11 @@ class StepContext:
     skipped: frozenset[str] = frozenset()
     #: (doctype, name) of the documents this execution created (not found, not created by a concurrent writer)
     created: set[tuple[str, str]] = field(default_factory=set)
+    #: records, durably and before the engine is asked, that this step is about to create (doctype, name): a worker
+    #: killed between the create and its result must not leave the next attempt taking Moran's document for a stranger's
+    intend: Any = None
+    #: (doctype, name) an earlier attempt of this step recorded with ``intend`` before it asked the engine to create it
+    intended: frozenset[tuple[str, str]] = frozenset()
 
 
 class Step:
@@ -122,6 +127,8 @@ class Step:
     optional: bool = False
     #: the step reads ``spec.admin_created_by_moran`` (a query over the engine's other tenants): only then is it made
     reads_admin_history: bool = False
+    #: doctypes whose creation by Moran later steps rely on: recorded through ``ctx.intend`` before the create
+    records_intent: frozenset[str] = frozenset()
 
     def look(self, ctx: StepContext) -> Look:
         raise NotImplementedError
@@ -132,6 +139,8 @@ class Step:
         done = []
         for change in look.changes:
             if change.op == "create":
+                if change.doctype in self.records_intent and ctx.intend is not None:
+                    ctx.intend(change.doctype, change.name)
                 try:
                     ctx.engine.insert(change.doctype, change.doc)
                     ctx.created.add((change.doctype, change.name))
@@ -449,6 +458,7 @@ class AdminUserStep(Step):
     name = "step_7_admin_user"
     title = "Tenant admin user"
     reads_admin_history = True
+    records_intent = frozenset({"User"})
 
     def look(self, ctx):
         spec = ctx.spec
@@ -472,7 +482,8 @@ class AdminUserStep(Step):
             )
         have = {row.get("role") for row in doc.get("roles") or []}
         look = Look(found={"user": doc["name"], "roles": sorted(have)})
-        if spec.admin_created_by_moran or ("User", spec.admin_email) in ctx.created:
+        made = ("User", spec.admin_email)
+        if spec.admin_created_by_moran or made in ctx.created or made in ctx.intended:
             # Recorded in the step's result: step 8 (of this tenant or another) may restrict a user Moran made.
             look.found["created_by_moran"] = True
         if wanted - have:

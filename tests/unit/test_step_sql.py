@@ -364,3 +364,33 @@ def test_the_instance_the_writer_returns_cannot_save_state_later(started):
     written.onboarding.save()  # a caller that edits and saves the returned instance: the guard still holds
     fresh = Onboarding.objects.get(pk=started.pk)
     assert fresh.status == started.status and fresh.provisioning_steps[STEP_NAMES[0]]["attempts"] == 1
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: no handler of the step's catches it, so the attempt stays ``running`` as a dead worker's."""
+
+
+def test_an_admin_user_created_by_an_attempt_that_died_is_still_moran_s(started, monkeypatch):
+    from provisioning.engines.sandbox import SandboxEngine
+
+    for name in STEP_NAMES[:7]:
+        assert deliver(started, name).kind == execution.StepOutcome.DONE
+    real_insert = SandboxEngine.insert
+
+    def insert_then_die(self, doctype, doc):
+        created = real_insert(self, doctype, doc)
+        if doctype == "User":
+            raise _Killed()  # the user exists in the engine; its attempt never records a result
+        return created
+
+    monkeypatch.setattr(SandboxEngine, "insert", insert_then_die)
+    with pytest.raises(_Killed):
+        deliver(started, "step_7_admin_user")
+    monkeypatch.setattr(SandboxEngine, "insert", real_insert)
+    # the message comes back: the next attempt finds the user, and knows it as Moran's
+    assert deliver(started, "step_7_admin_user").kind == execution.StepOutcome.DONE
+    started.refresh_from_db()
+    entry = started.provisioning_steps["step_7_admin_user"]
+    assert (entry["status"], entry["attempts"], entry["result"]["created_by_moran"]) == ("completed", 2, True)
+    # so step 8 restricts it to its company instead of refusing it as a stranger's
+    assert deliver(started, "step_8_user_permissions").kind == execution.StepOutcome.DONE
