@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,7 @@ def noop(chain_id, index, done_key=""):
         _redis().rpush(done_key, time.time())
 
 
-_stats = {"t0": 0.0, "sql": 0, "db_ms": 0.0, "commits": 0, "client": None}
+_stats = {"t0": 0.0, "sql": 0, "db_ms": 0.0, "commits": 0, "exec_ms": 0.0, "client": None}
 
 
 def _count_sql(execute, sql, params, many, context):
@@ -81,12 +82,27 @@ def _install_counter(**kwargs):
         connection.execute_wrappers.append(_count_sql)
         # Commits do not pass through execute(): time them too (benchmark worker only).
         BaseDatabaseWrapper._commit = _timed_commit(BaseDatabaseWrapper._commit)
+        # Moran's own part of a step task (the rest is Celery's: the tracer, the next message of the chain).
+        import provisioning.tasks
+
+        provisioning.tasks.step_execute = _timed_step_execute(provisioning.tasks.step_execute)
+
+
+def _timed_step_execute(step_execute):
+    def wrapper(**kwargs):
+        began = time.perf_counter()
+        try:
+            return step_execute(**kwargs)
+        finally:
+            _stats["exec_ms"] += (time.perf_counter() - began) * 1000
+
+    return wrapper
 
 
 @signals.task_prerun.connect
 def _task_began(task=None, **kwargs):
     if os.environ.get(STATS_ENV):
-        _stats.update(t0=time.perf_counter(), sql=0, db_ms=0.0, commits=0)
+        _stats.update(t0=time.perf_counter(), sql=0, db_ms=0.0, commits=0, exec_ms=0.0)
 
 
 @signals.task_postrun.connect
@@ -105,15 +121,26 @@ def _task_ended(task=None, **kwargs):
     pipe.incrby(f"{prefix}:sql", _stats["sql"])
     pipe.incrbyfloat(f"{prefix}:db_ms", _stats["db_ms"])
     pipe.incrby(f"{prefix}:commits", _stats["commits"])
+    pipe.incrbyfloat(f"{prefix}:exec_ms", _stats["exec_ms"])
     pipe.execute()
 
 
 # --- the driver ------------------------------------------------------------------------------------------------------
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number of at least 1")
+    return value
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tenants", type=int, default=100, help="chains and tenants to run (default 100)")
+    parser.add_argument("--tenants", type=positive, default=100, help="chains and tenants to run (default 100)")
     parser.add_argument("--engine", choices=["null", "sandbox"], default="null")
-    parser.add_argument("--concurrency", type=int, default=2, help="worker children (default 2)")
+    parser.add_argument("--concurrency", type=positive, default=2, help="worker children (default 2)")
+    parser.add_argument(
+        "--rounds", type=positive, default=3, help="rounds of bare then Moran, back to back (default 3)"
+    )
     parser.add_argument("--database", default="moran_bench", help="database to (re)create on the server")
     parser.add_argument("--profile", action="store_true", help="profile the step path in-process instead")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for a phase")
@@ -219,7 +246,7 @@ def xact_commits(database: str) -> int:
 
 def worker_stats(stats_key: str, kind: str) -> dict:
     client = _redis()
-    names = ("tasks", "ms", "sql", "db_ms", "commits")
+    names = ("tasks", "ms", "sql", "db_ms", "commits", "exec_ms")
     values = client.mget([f"{stats_key}:{kind}:{name}" for name in names])
     return {name: float(v or 0) for name, v in zip(names, values, strict=True)}
 
@@ -322,52 +349,73 @@ def measure(args, worker: BenchWorker, stats_key: str) -> dict:
     settle_stats()
     rss_start = worker.children_rss_mb()
     base = {kind: worker_stats(stats_key, kind) for kind in ("bare", "moran")}
-    tenants = make_tenants(n=args.tenants, engine=engine, prefix="bench")
-
-    x0 = xact_commits(args.database)
-    bare_s, bare_sent = run_bare(n=args.tenants, queue=queue, key=stats_key, timeout=args.timeout)
-    settle_stats()
-    x1 = xact_commits(args.database)
-    moran_s, moran_sent, start_sql = run_moran(tenants=tenants, timeout=args.timeout)
-    settle_stats()
-    x2 = xact_commits(args.database)
+    rounds = []
+    # Rounds of bare then Moran back to back: the shared machine's speed drifts over minutes, and each round's ratio
+    # compares two phases measured moments apart.
+    for index in range(args.rounds):
+        tenants = make_tenants(n=args.tenants, engine=engine, prefix=f"bench{index}")
+        x0 = xact_commits(args.database)
+        bare_s, bare_sent = run_bare(n=args.tenants, queue=queue, key=f"{stats_key}:{index}", timeout=args.timeout)
+        settle_stats()
+        x1 = xact_commits(args.database)
+        moran_s, moran_sent, start_sql = run_moran(tenants=tenants, timeout=args.timeout)
+        settle_stats()
+        x2 = xact_commits(args.database)
+        rounds.append(
+            {
+                "bare_s": bare_s,
+                "bare_sent": bare_sent,
+                "moran_s": moran_s,
+                "moran_sent": moran_sent,
+                "start_sql": start_sql,
+                "bare_xact": x1 - x0,
+                "moran_xact": x2 - x1,
+            }
+        )
 
     delta = {}
     for kind in ("bare", "moran"):
         now = worker_stats(stats_key, kind)
         delta[kind] = {k: now[k] - base[kind][k] for k in now}
-    return {
-        "bare_s": bare_s,
-        "bare_sent": bare_sent,
-        "moran_s": moran_s,
-        "moran_sent": moran_sent,
-        "start_sql": start_sql,
-        "bare_xact": x1 - x0,
-        "moran_xact": x2 - x1,
-        "stats": delta,
-        "rss_start": rss_start,
-        "rss_end": worker.children_rss_mb(),
-    }
+    return {"rounds": rounds, "stats": delta, "rss_start": rss_start, "rss_end": worker.children_rss_mb()}
 
 
 def report(args, r: dict) -> None:
-    n, steps = args.tenants, args.tenants * 10
+    rounds = r["rounds"]
+    n, steps = args.tenants * len(rounds), args.tenants * len(rounds) * 10
     bare, moran = r["stats"]["bare"], r["stats"]["moran"]
-    bare_rate, moran_rate = n / r["bare_s"], n / r["moran_s"]
+    total = lambda key: sum(x[key] for x in rounds)  # noqa: E731
+    bare_rate, moran_rate = n / total("bare_s"), n / total("moran_s")
     per = lambda total, count: total / count if count else float("nan")  # noqa: E731
-    print(f"engine {args.engine}; tenants {n}; worker concurrency {args.concurrency}; database {args.database}")
     print(
-        f"bare  {bare_rate:.2f}/s  ({r['bare_s']:.1f} s for {n} chains of 10 no-op tasks; sent in {r['bare_sent']:.1f} s)"
+        f"engine {args.engine}; tenants {args.tenants} a round, {len(rounds)} rounds; "
+        f"worker concurrency {args.concurrency}; database {args.database}"
     )
-    print(f"moran {moran_rate:.2f}/s  ({r['moran_s']:.1f} s for {n} tenants; started in {r['moran_sent']:.1f} s)")
-    print(f"ratio {moran_rate / bare_rate:.2f}  (moran / bare throughput)")
+    ratios = []
+    for index, x in enumerate(rounds):
+        ratios.append((args.tenants / x["moran_s"]) / (args.tenants / x["bare_s"]))
+        print(
+            f"round {index + 1}: bare {args.tenants / x['bare_s']:.2f}/s ({x['bare_s']:.1f} s, sent in "
+            f"{x['bare_sent']:.1f} s), moran {args.tenants / x['moran_s']:.2f}/s ({x['moran_s']:.1f} s, started in "
+            f"{x['moran_sent']:.1f} s), ratio {ratios[-1]:.2f}"
+        )
+    print(f"bare  {bare_rate:.2f}/s  ({total('bare_s'):.1f} s for {n} chains of 10 no-op tasks)")
+    print(f"moran {moran_rate:.2f}/s  ({total('moran_s'):.1f} s for {n} tenants)")
+    print(
+        f"ratio {statistics.median(ratios):.2f}  (moran / bare throughput: the median of the rounds' ratios; "
+        f"of the totals {moran_rate / bare_rate:.2f})"
+    )
     print(
         f"per step in the worker (task_prerun..task_postrun): moran {per(moran['ms'], moran['tasks']):.2f} ms, "
         f"bare {per(bare['ms'], bare['tasks']):.2f} ms; tasks seen: moran {moran['tasks']:.0f}, bare {bare['tasks']:.0f}"
     )
     print(
-        f"per step, wall x concurrency: moran {r['moran_s'] * args.concurrency / steps * 1000:.2f} ms, "
-        f"bare {r['bare_s'] * args.concurrency / steps * 1000:.2f} ms"
+        f"  of which in step_execute (Moran's own; the rest is Celery's task and the chain's next message):"
+        f" {per(moran['exec_ms'], moran['tasks']):.2f} ms"
+    )
+    print(
+        f"per step, wall x concurrency: moran {total('moran_s') * args.concurrency / steps * 1000:.2f} ms, "
+        f"bare {total('bare_s') * args.concurrency / steps * 1000:.2f} ms"
     )
     print(
         f"  of which waiting on the database (statements and commits): moran {per(moran['db_ms'], moran['tasks']):.2f} ms"
@@ -375,11 +423,12 @@ def report(args, r: dict) -> None:
     )
     print(
         f"SQL statements per step (execute_wrapper in the worker): moran {per(moran['sql'], moran['tasks']):.1f}, "
-        f"bare {per(bare['sql'], bare['tasks']):.1f}; per onboarding_start (this process): {r['start_sql']:.1f}"
+        f"bare {per(bare['sql'], bare['tasks']):.1f}; per onboarding_start (this process): "
+        f"{total('start_sql') / len(rounds):.1f}"
     )
     print(
-        f"transactions per step (pg_stat_database.xact_commit, all sessions): moran {r['moran_xact'] / steps:.1f}, "
-        f"bare {r['bare_xact'] / steps:.1f}"
+        f"transactions per step (pg_stat_database.xact_commit, all sessions): moran {total('moran_xact') / steps:.1f}, "
+        f"bare {total('bare_xact') / steps:.1f}"
     )
     print(
         "worker children RSS (MB): start "

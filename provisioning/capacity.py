@@ -25,7 +25,7 @@ import contextlib
 import hashlib
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import connection
@@ -35,6 +35,7 @@ from django.utils.dateparse import parse_datetime
 from provisioning.engines.company_lock import company_creation_done, company_held
 from provisioning.locks import advisory_unlock, lease_wait, step_lease_key, try_advisory_locks
 from provisioning.models import Onboarding, StepLog, StepStatus
+from provisioning.pending import GiveBack
 from provisioning.state import DONE, Changed, onboarding_write
 
 #: the step that creates a company, and so must hold the engine's company-creation lock.
@@ -49,8 +50,27 @@ def _key(*parts) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+#: slots per engine that keys are laid out for (``max_concurrency`` is validated to at most this)
+MAX_SLOTS = 64
+#: the first engine slot key: the slots of engine ``e`` are ``SLOT_BASE + e * MAX_SLOTS + i``, a layout the step's
+#: first read computes in SQL too (it tries a slot in the statement that reads the engine); the low 40 bits are clear,
+#: so no engine id below 2**34 overflows the key.
+SLOT_BASE = _key("engine-slots") & ~((1 << 40) - 1)
+
+
 def slot_keys(engine_id: int, max_concurrency: int) -> list[int]:
-    return [_key("engine-slot", engine_id, i) for i in range(max(1, max_concurrency))]
+    return [SLOT_BASE + engine_id * MAX_SLOTS + i for i in range(max(1, min(max_concurrency, MAX_SLOTS)))]
+
+
+def first_slot_sql(engine: str) -> str:
+    """SQL for a random slot key of the engine row ``engine`` (as :func:`slot_keys` lays them out)."""
+    count = f"LEAST(GREATEST({engine}.max_concurrency, 1), {MAX_SLOTS})"
+    return f"({SLOT_BASE}::bigint + {engine}.id * {MAX_SLOTS} + floor(random() * {count})::bigint)"
+
+
+def first_slot_wanted(step_name: str) -> bool:
+    """Whether a step's first statement tries a slot with its lease (step 1 takes the company lock before any slot)."""
+    return _enabled() and step_name != COMPANY_STEP
 
 
 def company_key(engine_id: int) -> int:
@@ -127,32 +147,45 @@ def engine_slot(*, onboarding_id: int, step_name: str, wait: float | None = None
 
 
 @dataclass(frozen=True)
+class Tried:
+    """What the step's first statement got when it tried the lease and a first slot (the slot's key, or None)."""
+
+    lease: bool
+    slot: int | None = None
+
+
+@dataclass
 class Hold:
-    """What :func:`step_hold` got: the step's lease (False: another delivery runs the step) and a slot."""
+    """What :func:`step_hold` got: the step's lease (False: another delivery runs the step) and a slot.
+    ``give_back``: the keys the hold ends with, for a write that gives them back in its own statement."""
 
     lease: bool
     grant: Grant
+    give_back: GiveBack = field(default_factory=lambda: GiveBack([]))
 
 
 @contextlib.contextmanager
-def step_hold(*, run_id, step_name: str, engine_id: int, max_concurrency: int):
+def step_hold(*, run_id, step_name: str, engine_id: int, max_concurrency: int, tried: Tried | None = None):
     """The step's lease (:func:`provisioning.locks.step_lease`), then a slot of its engine (:func:`engine_slot`), as
-    a step's execution holds them. The lease and a first slot are tried in one statement and given back in one, which
-    is what a step costs when its engine has room: a round trip each way instead of two."""
+    a step's execution holds them. The lease and a first slot are tried in one statement — the step's first read,
+    when it passes what it got as ``tried`` — and given back in one: by the write that records the step's end
+    (``hold.give_back``), else on the way out. That is what a step costs when its engine has room."""
     if connection.vendor != "postgresql":
         yield Hold(True, Grant(True))
         return
     lease = step_lease_key(run_id, step_name)
     keys = slot_keys(engine_id, max_concurrency) if _enabled() else []
-    # Step 1 takes the company-creation lock before any slot (see _acquire), so it has no first slot to try.
-    first = random.choice(keys) if keys and step_name != COMPANY_STEP else None
-    got = try_advisory_locks(lease, *([first] if first is not None else []))
-    slot = first if first is not None and got[1] else None
-    if not got[0] and not lease_wait(lease, settings.STEP_LEASE_WAIT, tried=True):
+    if tried is None:
+        first = random.choice(keys) if keys and step_name != COMPANY_STEP else None
+        got = try_advisory_locks(lease, *([first] if first is not None else []))
+        tried = Tried(got[0], first if first is not None and got[1] else None)
+    slot = tried.slot
+    if not tried.lease and not lease_wait(lease, settings.STEP_LEASE_WAIT, tried=True):
         advisory_unlock(*([slot] if slot is not None else []))
         yield Hold(False, Grant(False))
         return
     grant = None
+    hold = None
     try:
         if slot is not None or not keys:
             grant = Grant(True, slot=slot)
@@ -160,10 +193,13 @@ def step_hold(*, run_id, step_name: str, engine_id: int, max_concurrency: int):
             grant = _acquire(
                 keys, company_key(engine_id) if step_name == COMPANY_STEP else None, settings.CAPACITY_WAIT
             )
-        yield Hold(True, grant)
+        held = [*([grant.slot] if grant.slot is not None else []), lease]
+        hold = Hold(True, grant, GiveBack(held))
+        yield hold
     finally:
         company_creation_done()
-        advisory_unlock(*([grant.slot] if grant is not None and grant.slot is not None else []), lease)
+        if hold is None or not hold.give_back.done:
+            advisory_unlock(*([grant.slot] if grant is not None and grant.slot is not None else []), lease)
 
 
 def requeue_countdown() -> float:

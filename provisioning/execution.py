@@ -19,13 +19,29 @@ from django.db import InterfaceError, OperationalError, connection
 
 from provisioning import rowsql
 from provisioning.attempts import attempt_begin, attempt_close
-from provisioning.capacity import requeue_countdown, step_hold, step_mark_waiting
+from provisioning.capacity import (
+    Tried,
+    first_slot_sql,
+    first_slot_wanted,
+    requeue_countdown,
+    step_hold,
+    step_mark_waiting,
+)
 from provisioning.engines import engine_for
 from provisioning.engines.errors import EngineError
-from provisioning.locks import engine_lock
+from provisioning.locks import engine_lock, step_lease_key
 from provisioning.models import Onboarding, ProvisioningRun, StepAttempt, StepLog, StepStatus
+from provisioning.pending import add_update
 from provisioning.state import DONE, Changed, Stale, now_iso, onboarding_write, run_end, step_log_row
-from provisioning.steps import STEP_BY_NAME, STEP_NAMES, StepContext, StepFailed, TenantSpec, execute
+from provisioning.steps import (
+    STEP_BY_NAME,
+    STEP_NAMES,
+    StepContext,
+    StepFailed,
+    TenantSpec,
+    admin_user_created_by_moran,
+    execute,
+)
 from tenants.models import EngineConnection, Tenant
 
 logger = logging.getLogger("moran.provisioning")
@@ -137,14 +153,18 @@ def step_execute(*, onboarding_id: int, run_id: str, step_name: str, retries: in
     acknowledging) finds the lease taken and stops ("duplicate"): the holder's own message stays unacknowledged
     until it ends, so nothing is lost by dropping the copy.
     """
-    found = _read(onboarding_id)
+    found = _read(onboarding_id, lease=step_lease_key(run_id, step_name), slot=first_slot_wanted(step_name))
     if found is None:
         return Outcome(StepOutcome.STALE)  # the tenant was deleted: nothing is left to provision
-    tenant, onboarding = found
+    tenant, onboarding, tried = found
     # The attempt holds a slot of its engine from before it begins until its end is recorded; without one within a
     # short wait, the step waits in the queue instead (not an attempt).
     with step_hold(
-        run_id=run_id, step_name=step_name, engine_id=tenant.engine_id, max_concurrency=tenant.engine.max_concurrency
+        run_id=run_id,
+        step_name=step_name,
+        engine_id=tenant.engine_id,
+        max_concurrency=tenant.engine.max_concurrency,
+        tried=tried,
     ) as hold:
         if not hold.lease:
             message = "a second delivery of this step was dropped: another worker is running it"
@@ -173,6 +193,7 @@ def step_execute(*, onboarding_id: int, run_id: str, step_name: str, retries: in
             max_retries=max_retries,
             tenant=tenant,
             read=onboarding,
+            give_back=hold.give_back,
         )
 
 
@@ -188,41 +209,71 @@ def _step_intend(onboarding_id: int, run_id: str, step_name: str, doctype: str, 
     onboarding_write(onboarding_id, run_id=run_id, change=change)
 
 
-def _read(onboarding_id: int) -> tuple[Tenant, Onboarding] | None:
-    """The tenant, its engine connection and its onboarding (unlocked: the begin write compares its version): the
-    step's first statement, and its connection check. Django checks a reused connection with a round trip of its own
-    before each task (``CONN_HEALTH_CHECKS``); a step skips it: a connection that died while idle (PostgreSQL
-    restarted) fails this read, which opens a new one and reads again, once."""
+def _read(onboarding_id: int, *, lease: int | None = None, slot: bool = False):
+    """The tenant, its engine connection and its onboarding (unlocked: the begin write compares its version), and
+    what the same statement got of the step's advisory locks (:class:`~provisioning.capacity.Tried`: ``lease``, the
+    step's lease key, and with ``slot`` a random slot of the engine; None on SQLite, which takes none). None when
+    the onboarding is gone (no lock is taken then).
+
+    The step's first statement, and its connection check. Django checks a reused connection with a round trip of
+    its own before each task (``CONN_HEALTH_CHECKS``); a step skips it: a connection that died while idle
+    (PostgreSQL restarted) fails this read, which opens a new one and reads again, once (the locks of the dead
+    session went with it)."""
     connection.health_check_done = True
     try:
-        return _read_once(onboarding_id)
+        return _read_once(onboarding_id, lease, slot)
     except (OperationalError, InterfaceError):
         if connection.in_atomic_block:
             raise
         connection.close()
-        return _read_once(onboarding_id)
+        return _read_once(onboarding_id, lease, slot)
 
 
-def _read_once(onboarding_id: int) -> tuple[Tenant, Onboarding] | None:
+def _read_once(onboarding_id: int, lease: int | None, slot: bool):
     if connection.vendor != "postgresql":
         onboarding = Onboarding.objects.select_related("tenant__engine").filter(pk=onboarding_id).first()
-        return (onboarding.tenant, onboarding) if onboarding else None
-    row = rowsql.execute(_read_sql(), [onboarding_id])
+        return (onboarding.tenant, onboarding, None) if onboarding else None
+    locks = lease is not None
+    row = rowsql.execute(_read_sql(locks), [lease, slot, onboarding_id] if locks else [onboarding_id])
     if row is None:
         return None
-    onboarding = rowsql.load(Onboarding, row)
-    tenant = rowsql.load(Tenant, row, rowsql.width(Onboarding))
-    tenant.engine = rowsql.load(EngineConnection, row, rowsql.width(Onboarding) + rowsql.width(Tenant))
-    return tenant, onboarding
+    at = 3 if locks else 0
+    onboarding = rowsql.load(Onboarding, row, at)
+    tenant = rowsql.load(Tenant, row, at + rowsql.width(Onboarding))
+    tenant.engine = rowsql.load(EngineConnection, row, at + rowsql.width(Onboarding) + rowsql.width(Tenant))
+    return tenant, onboarding, Tried(row[0], row[1] if row[2] else None) if locks else None
+
+
+def _admin_created_by_moran(tenant: Tenant) -> bool:
+    """:func:`provisioning.steps.admin_user_created_by_moran` for the step that reads it: on PostgreSQL one prepared
+    statement (the ORM's query compiled on every call cost the step more than running it), the same conditions."""
+    if connection.vendor != "postgresql" or tenant.engine_id is None:
+        return admin_user_created_by_moran(tenant)
+    return rowsql.execute(_admin_history_sql(), [tenant.engine_id, tenant.admin_email])[0]
 
 
 @cache
-def _read_sql() -> str:
+def _admin_history_sql() -> str:
+    onboardings, tenants = Onboarding._meta.db_table, Tenant._meta.db_table
+    return (
+        f"SELECT EXISTS (SELECT 1 FROM {tenants} t JOIN {onboardings} o ON o.tenant_id = t.id"
+        " WHERE t.engine_id = %s AND UPPER(t.admin_email::text) = UPPER(%s)"
+        " AND o.provisioning_steps -> 'step_7_admin_user' -> 'result' -> 'created_by_moran' = 'true'::jsonb)"
+    )
+
+
+@cache
+def _read_sql(locks: bool) -> str:
+    """The first read; with ``locks`` it also tries the lease (``%s``) and, when asked (``%s``), a random slot of the
+    engine it reads: one round trip. Evaluated once, for the one row: no row, no lock."""
     onboardings, tenants, engines = (m._meta.db_table for m in (Onboarding, Tenant, EngineConnection))
     columns = ", ".join(rowsql.columns(m, a) for m, a in ((Onboarding, "o"), (Tenant, "t"), (EngineConnection, "e")))
+    joins = f"FROM {onboardings} o JOIN {tenants} t ON t.id = o.tenant_id JOIN {engines} e ON e.id = t.engine_id"
+    if not locks:
+        return f"SELECT {columns} {joins} WHERE o.id = %s"
     return (
-        f"SELECT {columns} FROM {onboardings} o JOIN {tenants} t ON t.id = o.tenant_id"
-        f" JOIN {engines} e ON e.id = t.engine_id WHERE o.id = %s"
+        "SELECT pg_try_advisory_lock(%s), k.slot, CASE WHEN %s THEN pg_try_advisory_lock(k.slot) ELSE false END,"
+        f" {columns} {joins} CROSS JOIN LATERAL (SELECT {first_slot_sql('e')} AS slot) k WHERE o.id = %s"
     )
 
 
@@ -265,7 +316,15 @@ def _step_begin(ob, steps, *, step_name: str):
 
 
 def _step_execute(
-    *, onboarding_id: int, run_id: str, step_name: str, retries: int, max_retries: int, tenant: Tenant, read
+    *,
+    onboarding_id: int,
+    run_id: str,
+    step_name: str,
+    retries: int,
+    max_retries: int,
+    tenant: Tenant,
+    read,
+    give_back=None,
 ) -> Outcome:
     step = STEP_BY_NAME[step_name]
     try:
@@ -284,7 +343,9 @@ def _step_execute(
     skipped = frozenset(n for n, e in onboarding.provisioning_steps.items() if e.get("status") == StepStatus.SKIPPED)
     ctx = StepContext(
         engine=engine_for(tenant.engine, tenant=tenant, step=step_name),
-        spec=TenantSpec.from_tenant(tenant, admin_history=step.reads_admin_history),
+        spec=TenantSpec.from_tenant(
+            tenant, admin_created_by_moran=step.reads_admin_history and _admin_created_by_moran(tenant)
+        ),
         skipped=skipped,
         intend=lambda doctype, name: _step_intend(onboarding_id, run_id, step_name, doctype, name),
         intended=frozenset(
@@ -306,7 +367,15 @@ def _step_execute(
     else:
         summary = "; ".join(done) if done else "nothing to create"
         return _finish(
-            onboarding_id, run_id, step_name, attempt, StepOutcome.DONE, result=result, summary=summary, read=onboarding
+            onboarding_id,
+            run_id,
+            step_name,
+            attempt,
+            StepOutcome.DONE,
+            result=result,
+            summary=summary,
+            read=onboarding,
+            give_back=give_back,
         )
 
     error = failure.error
@@ -321,11 +390,12 @@ def _step_execute(
             error=error,
             countdown=countdown,
             read=onboarding,
+            give_back=give_back,
         )
     if failure.transient:
         error = {**error, "message": f"gave up after {attempt} attempts: {error['message']}"}
     kind = StepOutcome.SKIPPED if step.optional else StepOutcome.FAILED
-    return _finish(onboarding_id, run_id, step_name, attempt, kind, error=error, read=onboarding)
+    return _finish(onboarding_id, run_id, step_name, attempt, kind, error=error, read=onboarding, give_back=give_back)
 
 
 def _finish(
@@ -340,9 +410,11 @@ def _finish(
     summary="",
     countdown=0.0,
     read=None,
+    give_back=None,
 ) -> Outcome:
     """Record the end of attempt ``attempt`` as ``kind`` (one of :data:`FINISHES`). ``read``: the onboarding as the
-    attempt's begin wrote it (the write compares its version, see :func:`onboarding_write`)."""
+    attempt's begin wrote it (the write compares its version, see :func:`onboarding_write`); ``give_back``: the
+    step's hold, which a compare-and-swap write gives back in its own statement."""
     rule = FINISHES[kind]
     err = error or {}
     message = rule.message.format(
@@ -369,7 +441,7 @@ def _finish(
         if end_run:
             run_end(ob, end_run)
             if end_run == ProvisioningRun.Outcome.COMPLETED:
-                Tenant.objects.filter(pk=ob.tenant_id).update(status=Tenant.Status.ACTIVE)
+                add_update(ob, Tenant, {"id": ob.tenant_id}, {"status": Tenant.Status.ACTIVE})
         return steps
 
     try:
@@ -382,6 +454,7 @@ def _finish(
             log_level=rule.level,
             log_attempt=attempt,
             read=read,
+            give_back=give_back,
         )
     except Stale:
         return Outcome(StepOutcome.STALE)

@@ -18,6 +18,15 @@ from provisioning.rowsql import execute, insert_if_sql, insert_sql, save_if_sql,
 _ATTR = "_pending_writes"
 
 
+class GiveBack:
+    """Session advisory locks that a compare-and-swap write gives back in its own statement, once it matched
+    (``done``); whoever holds them gives back what a write did not."""
+
+    def __init__(self, keys: list[int]):
+        self.keys = list(keys)
+        self.done = False
+
+
 def pending_begin(instance: Model) -> None:
     """The writer starts collecting for ``instance`` (the locked onboarding)."""
     setattr(instance, _ATTR, [])
@@ -87,9 +96,13 @@ def _rows_by_model(pending) -> dict[type, list[Model]]:
     return by_model
 
 
-def pending_write_if(instance: Model, *, version_field: str, expected) -> bool:
+def pending_write_if(instance: Model, *, version_field: str, expected, give_back: GiveBack | None = None) -> bool:
     """:func:`pending_write` as one compare-and-swap statement (PostgreSQL, outside a transaction): the row is saved,
-    and the collected rows written, only if its ``version_field`` is still ``expected``. Returns whether it was."""
+    and the collected rows written, only if its ``version_field`` is still ``expected``. Returns whether it was.
+
+    ``give_back``: advisory locks the same statement releases when (and only when) the row was saved. They are
+    released before the statement commits: a session that takes one in that instant reads the row as it was, and
+    its own compare-and-swap then finds the version changed and runs under the row lock, after this commit."""
     pending = _pending(instance) or []
     setattr(instance, _ATTR, None)
     sql, params = save_if_sql(instance, version_field=version_field, expected=expected)
@@ -100,5 +113,13 @@ def pending_write_if(instance: Model, *, version_field: str, expected) -> bool:
         if kind == "update":
             sql, params = update_sql(*item)
             parts.append((f"w{len(parts)}", sql + " AND EXISTS (SELECT 1 FROM u)", params))
-    statement = "WITH " + ", ".join(f"{name} AS ({sql})" for name, sql, _ in parts) + " SELECT count(*) FROM u"
-    return execute(statement, [p for _, _, part_params in parts for p in part_params])[0] == 1
+    final = "SELECT count(*) FROM u"
+    keys = give_back.keys if give_back is not None and not give_back.done else []
+    if keys:
+        parts.append(("r", "SELECT " + ", ".join(["pg_advisory_unlock(%s)"] * len(keys)) + " FROM u", keys))
+        final = "SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM r)"
+    statement = "WITH " + ", ".join(f"{name} AS ({sql})" for name, sql, _ in parts) + " " + final
+    row = execute(statement, [p for _, _, part_params in parts for p in part_params])
+    if keys and row[1] == 1:
+        give_back.done = True
+    return row[0] == 1

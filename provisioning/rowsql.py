@@ -14,8 +14,14 @@ import re
 from functools import cache
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections
 from django.db.models import Model
+
+
+def _db():
+    """The default database's wrapper itself: ``connection`` is a proxy that looks it up (a context-local read) on
+    every attribute, and the fields' preparation reads it dozens of times per statement."""
+    return connections[DEFAULT_DB_ALIAS]
 
 
 def _qn(name: str) -> str:
@@ -41,13 +47,19 @@ def columns(model: type[Model], alias: str) -> str:
 
 def load(model: type[Model], row, offset: int = 0) -> Model:
     """An instance of ``model`` from its columns (as :func:`columns` lists them) in ``row`` from ``offset`` on."""
+    db = _db()
     values = []
     for index, (field, converters) in enumerate(_converters(model)):
         value = row[offset + index]
         for converter in converters:
-            value = converter(value, field.cached_col, connection)
+            value = converter(value, field.cached_col, db)
         values.append(value)
-    return model.from_db(connection.alias, [f.attname for f in _fields(model)], values)
+    return model.from_db(db.alias, _attnames(model), values)
+
+
+@cache
+def _attnames(model: type[Model]) -> list[str]:
+    return [f.attname for f in _fields(model)]
 
 
 def width(model: type[Model]) -> int:
@@ -64,7 +76,8 @@ def _update_all_sql(model: type[Model]) -> tuple[str, tuple]:
 def save_sql(instance: Model) -> tuple[str, list]:
     """The UPDATE that ``instance.save()`` sends for an existing row, ``auto_now`` fields included."""
     sql, fields = _update_all_sql(type(instance))
-    params = [f.get_db_prep_save(f.pre_save(instance, False), connection) for f in fields]
+    db = _db()
+    params = [f.get_db_prep_save(f.pre_save(instance, False), db) for f in fields]
     params.append(instance.pk)
     return sql, params
 
@@ -80,7 +93,8 @@ def insert_sql(model: type[Model], rows: list[Model]) -> tuple[str, list]:
     """One multi-row INSERT of ``rows``, in their order (``auto_now_add`` and defaults as ``save()`` sets them)."""
     head, fields = _insert_head(model)
     one = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    params = [f.get_db_prep_save(f.pre_save(row, True), connection) for row in rows for f in fields]
+    db = _db()
+    params = [f.get_db_prep_save(f.pre_save(row, True), db) for row in rows for f in fields]
     return head + ", ".join([one] * len(rows)), params
 
 
@@ -91,17 +105,24 @@ def _by_name(model: type[Model]) -> dict:
 
 def update_sql(model: type[Model], where: dict, values: dict) -> tuple[str, list]:
     """``UPDATE … SET values WHERE where`` (equalities, ANDed); keys are field names or attnames."""
+    sql, sets, conditions = _update_text(model, tuple(values), tuple(where))
+    db = _db()
+    params = [field.get_db_prep_save(value, db) for field, value in zip(sets, values.values(), strict=True)]
+    params += [
+        field.get_db_prep_value(value.pk if isinstance(value, Model) else value, db)
+        for field, value in zip(conditions, where.values(), strict=True)
+    ]
+    return sql, params
+
+
+@cache
+def _update_text(model: type[Model], set_names: tuple, where_names: tuple) -> tuple[str, tuple, tuple]:
     fields = _by_name(model)
-    sets, conditions, params = [], [], []
-    for name, value in values.items():
-        field = fields[name]
-        sets.append(f"{_qn(field.column)} = %s")
-        params.append(field.get_db_prep_save(value, connection))
-    for name, value in where.items():
-        field = fields[name]
-        conditions.append(f"{_qn(field.column)} = %s")
-        params.append(field.get_db_prep_value(value.pk if isinstance(value, Model) else value, connection))
-    return f"UPDATE {_qn(model._meta.db_table)} SET {', '.join(sets)} WHERE {' AND '.join(conditions)}", params
+    sets = tuple(fields[name] for name in set_names)
+    conditions = tuple(fields[name] for name in where_names)
+    assignments = ", ".join(f"{_qn(f.column)} = %s" for f in sets)
+    matches = " AND ".join(f"{_qn(f.column)} = %s" for f in conditions)
+    return f"UPDATE {_qn(model._meta.db_table)} SET {assignments} WHERE {matches}", sets, conditions
 
 
 @cache
@@ -139,7 +160,8 @@ def _cast_type(field) -> str:
 def insert_if_sql(model: type[Model], rows: list[Model], *, source: str) -> tuple[str, list]:
     """Like :func:`insert_sql`, but the rows are inserted only when the CTE ``source`` returned a row."""
     head, one, fields = _insert_select_head(model)
-    params = [f.get_db_prep_save(f.pre_save(row, True), connection) for row in rows for f in fields]
+    db = _db()
+    params = [f.get_db_prep_save(f.pre_save(row, True), db) for row in rows for f in fields]
     return f"{head} SELECT v.* FROM {source} CROSS JOIN (VALUES {', '.join([one] * len(rows))}) v", params
 
 
@@ -170,19 +192,21 @@ def _prepared(sql: str) -> tuple[str, str]:
 def _session_prepared() -> set:
     """The names prepared in the current database session (a new connection, or the same object after a reconnect
     to another backend, starts empty)."""
-    raw = connection.connection
+    db = _db()
+    raw = db.connection
     key = (id(raw), raw.get_backend_pid())
-    held = getattr(connection, "_moran_prepared", None)
+    held = getattr(db, "_moran_prepared", None)
     if held is None or held[0] != key:
         held = (key, set())
-        connection._moran_prepared = held
+        db._moran_prepared = held
     return held[1]
 
 
 def execute(sql: str, params: list):
     """Run ``sql`` and return its first row (or None): prepared, when outside a transaction on PostgreSQL."""
-    with connection.cursor() as cursor:
-        if connection.vendor != "postgresql" or connection.in_atomic_block or not settings.PREPARED_STATEMENTS:
+    db = _db()
+    with db.cursor() as cursor:
+        if db.vendor != "postgresql" or db.in_atomic_block or not settings.PREPARED_STATEMENTS:
             cursor.execute(sql, params)
             return cursor.fetchone() if cursor.description else None
         name, prepare = _prepared(sql)

@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from provisioning.batch_hooks import batch_run_ended
 from provisioning.models import Onboarding, OnboardingStatus, ProvisioningRun, StepLog, StepStatus
-from provisioning.pending import add_row, pending_begin, pending_write, pending_write_if
+from provisioning.pending import GiveBack, add_row, add_update, pending_begin, pending_write, pending_write_if
 from provisioning.rowsql import select_for_update
 from provisioning.steps import STEP_BY_NAME, STEPS, TOTAL_STEPS
 from provisioning.webhooks.outbox import onboarding_run_ended
@@ -128,6 +128,7 @@ def onboarding_write(
     log_level: str = StepLog.Level.INFO,
     log_attempt: int = 0,
     read: Onboarding | None = None,
+    give_back: GiveBack | None = None,
 ) -> Written:
     """Lock, fence, change, derive, save, log: atomically. ``change(onboarding, steps)`` gets a deep copy of the
     normalised step states, may also set run fields on the onboarding (and write rows that must commit with the
@@ -146,6 +147,9 @@ def onboarding_write(
     still the one read — nobody wrote in between, so it is what the locked write would have done. It falls back to
     the locked write (which runs the change again, on the locked row) when the row changed, when the change sends SQL
     of its own, or when the write ends the run (its announcements are written under the lock).
+
+    ``give_back``: advisory locks the compare-and-swap statement releases with the write (see
+    :func:`provisioning.pending.pending_write_if`); the locked write leaves them to their holder.
     """
     write = {
         "run_id": run_id,
@@ -157,7 +161,7 @@ def onboarding_write(
     }
     if read is not None and connection.vendor == "postgresql" and not connection.in_atomic_block:
         try:
-            written = _conditional_write(read, **write)
+            written = _conditional_write(read, **write, give_back=give_back)
         except (OperationalError, InterfaceError):
             connection.close()  # the locked write below reconnects and applies it (a change is idempotent on a row)
             written = None
@@ -211,7 +215,9 @@ def _no_sql(execute, sql, params, many, context):
     raise _NeedsLock()
 
 
-def _conditional_write(read, *, run_id, change, log, log_step, log_level, log_attempt) -> Written | None:
+def _conditional_write(
+    read, *, run_id, change, log, log_step, log_level, log_attempt, give_back=None
+) -> Written | None:
     """The compare-and-swap form of :func:`_onboarding_write` (see ``read`` in :func:`onboarding_write`). Returns
     None when the locked write must do it."""
     if run_id is not ANY_RUN and read.run_id != (uuid.UUID(str(run_id)) if run_id else None):
@@ -231,7 +237,7 @@ def _conditional_write(read, *, run_id, change, log, log_step, log_level, log_at
     log = changed.log or log
     if log:
         add_row(read, _log_line(read, run_id, log, log_step, log_level, log_attempt))
-    if not pending_write_if(read, version_field="version", expected=expected):
+    if not pending_write_if(read, version_field="version", expected=expected, give_back=give_back):
         return None
     _log_written(read, log, log_level, log_step, read.run_id)
     return Written(read, changed.result)
@@ -294,6 +300,9 @@ def step_log_row(onboarding: Onboarding, step: str, attempt: int, message: str, 
 def run_end(onboarding: Onboarding, outcome: str) -> None:
     """Inside :func:`onboarding_write`'s change: the run in charge ends with this outcome."""
     if onboarding.run_id:
-        ProvisioningRun.objects.filter(pk=onboarding.run_id).update(outcome=outcome, finished_at=timezone.now())
+        # With the state's own statement (the writer collects it), as the rows a change writes are.
+        add_update(
+            onboarding, ProvisioningRun, {"id": onboarding.run_id}, {"outcome": outcome, "finished_at": timezone.now()}
+        )
     onboarding.run_id = None
     onboarding.finished_at = timezone.now()

@@ -56,9 +56,14 @@ class TenantSpec:
     admin_created_by_moran: bool = False
 
     @classmethod
-    def from_tenant(cls, tenant, *, admin_history: bool = True) -> TenantSpec:
+    def from_tenant(
+        cls, tenant, *, admin_history: bool = True, admin_created_by_moran: bool | None = None
+    ) -> TenantSpec:
         """``admin_history=False`` skips the one query of :attr:`admin_created_by_moran`, for a step that does not
-        read it (see :attr:`Step.reads_admin_history`)."""
+        read it (see :attr:`Step.reads_admin_history`); ``admin_created_by_moran``: its answer, when the caller asked
+        the database already."""
+        if admin_created_by_moran is None:
+            admin_created_by_moran = admin_history and admin_user_created_by_moran(tenant)
         return cls(
             company=tenant.company_name,
             abbr=tenant.abbr,
@@ -69,11 +74,11 @@ class TenantSpec:
             cost_centers=tuple(tenant.extra_cost_centers or ()),
             warehouses=tuple(tenant.extra_warehouses or ()),
             allow_restricting_existing_admin=bool(getattr(tenant, "allow_restricting_existing_admin", False)),
-            admin_created_by_moran=admin_history and _admin_created_by_moran(tenant),
+            admin_created_by_moran=admin_created_by_moran,
         )
 
 
-def _admin_created_by_moran(tenant) -> bool:
+def admin_user_created_by_moran(tenant) -> bool:
     """Whether step 7 of any tenant of this engine created this admin user (its result says so; kept across runs)."""
     if tenant.pk is None or tenant.engine_id is None:
         return False

@@ -11,7 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from provisioning import execution, runs
-from provisioning.capacity import engine_slots_in_use, step_hold
+from provisioning.capacity import engine_slots_in_use, slot_keys, step_hold
 from provisioning.locks import step_lease_key, try_advisory_locks
 from provisioning.models import Onboarding, StepAttempt, StepLog
 from provisioning.rowsql import select_for_update
@@ -103,7 +103,8 @@ def test_the_locked_read_loads_what_the_orm_loads(started):
 
 
 def test_the_first_read_loads_the_tenant_its_engine_and_its_onboarding(started):
-    tenant, onboarding = execution._read(started.pk)
+    tenant, onboarding, tried = execution._read(started.pk)
+    assert tried is None  # no lock asked for, none taken
     orm = Tenant.objects.select_related("engine").get(pk=started.tenant_id)
     fields = [f.attname for f in Tenant._meta.concrete_fields]
     assert {f: getattr(tenant, f) for f in fields} == {f: getattr(orm, f) for f in fields}
@@ -129,14 +130,14 @@ def test_the_first_read_opens_a_new_connection_when_the_old_one_died(started):
             cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
     finally:
         other.close()
-    tenant, onboarding = execution._read(started.pk)
+    tenant, onboarding, _ = execution._read(started.pk)
     assert tenant.pk == started.tenant_id and onboarding.pk == started.pk
 
 
 @postgres_only
 def test_a_step_writes_without_a_lock_when_nobody_else_writes(settings, monkeypatch):
-    """Read, lease and slot, begin, finish, give back: five statements, no transaction, no row lock (on the null
-    engine, which sends none of its own)."""
+    """Read with the lease and a slot, begin, finish with their giving back: three statements, no transaction, no
+    row lock (on the null engine, which sends none of its own); and nothing is left held."""
     from tenants.models import EngineConnection
 
     settings.NULL_ENGINE_ALLOWED = True
@@ -153,8 +154,13 @@ def test_a_step_writes_without_a_lock_when_nobody_else_writes(settings, monkeypa
         )
     assert outcome.kind == execution.StepOutcome.DONE
     sqls = [q["sql"] for q in queries.captured_queries]
-    assert len(sqls) == 5, [s[:60] for s in sqls]
+    assert len(sqls) == 3, [s[:60] for s in sqls]
     assert not any("FOR UPDATE" in sql or sql in ("BEGIN", "COMMIT") for sql in sqls)
+    assert engine_slots_in_use([engine]) == {engine.pk: 0}
+    assert try_advisory_locks(step_lease_key(started.run_id, STEP_NAMES[3])) == [True]  # the lease is free
+    from provisioning.locks import advisory_unlock
+
+    advisory_unlock(step_lease_key(started.run_id, STEP_NAMES[3]))
     started.refresh_from_db()
     assert started.provisioning_steps[STEP_NAMES[3]]["status"] == "completed"
     assert StepAttempt.objects.get(onboarding=started, step=STEP_NAMES[3]).outcome == "completed"
@@ -394,3 +400,99 @@ def test_an_admin_user_created_by_an_attempt_that_died_is_still_moran_s(started,
     assert (entry["status"], entry["attempts"], entry["result"]["created_by_moran"]) == ("completed", 2, True)
     # so step 8 restricts it to its company instead of refusing it as a stranger's
     assert deliver(started, "step_8_user_permissions").kind == execution.StepOutcome.DONE
+
+
+@postgres_only
+def test_the_first_read_tries_the_lease_and_a_slot_of_the_tenant_s_engine(started):
+    tenant = Tenant.objects.select_related("engine").get(pk=started.tenant_id)
+    lease = step_lease_key(started.run_id, STEP_NAMES[3])
+    _, _, tried = execution._read(started.pk, lease=lease, slot=True)
+    try:
+        assert tried.lease and tried.slot in slot_keys(tenant.engine_id, tenant.engine.max_concurrency)
+        assert engine_slots_in_use([tenant.engine]) == {tenant.engine_id: 1}
+        # A second try of the same lease from another session fails while this one holds it.
+        assert _other_session_tries(lease) is False
+    finally:
+        from provisioning.locks import advisory_unlock
+
+        advisory_unlock(tried.slot, lease)
+    assert engine_slots_in_use([tenant.engine]) == {tenant.engine_id: 0}
+    _, _, tried = execution._read(started.pk, lease=lease, slot=False)
+    assert tried.lease and tried.slot is None and engine_slots_in_use([tenant.engine]) == {tenant.engine_id: 0}
+    from provisioning.locks import advisory_unlock
+
+    advisory_unlock(lease)
+    assert execution._read(10**9, lease=lease, slot=True) is None
+    assert _other_session_tries(lease) is True  # no row: no lock was taken
+
+
+def _other_session_tries(key) -> bool:
+    from django.db import connections
+
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+            return cursor.fetchone()[0]
+    finally:
+        other.close()
+
+
+@postgres_only
+def test_slot_keys_are_laid_out_as_the_first_read_computes_them(started):
+    """The read computes a slot key in SQL; the engine pages and the bounded wait compute them in Python."""
+    from provisioning import rowsql
+    from provisioning.capacity import first_slot_sql
+
+    engine = Tenant.objects.select_related("engine").get(pk=started.tenant_id).engine
+    keys = set(slot_keys(engine.pk, engine.max_concurrency))
+    seen = {
+        rowsql.execute(f"SELECT {first_slot_sql('e')} FROM tenants_engineconnection e WHERE e.id = %s", [engine.pk])[0]
+        for _ in range(60)
+    }
+    assert seen == keys  # every slot, and nothing else, over enough draws
+    assert len(slot_keys(engine.pk, 500)) == 64 and not keys & set(slot_keys(engine.pk + 1, 64))
+
+
+@postgres_only
+def test_a_finish_that_loses_its_compare_and_swap_leaves_the_locks_to_their_holder(started):
+    """The finish's statement gives the hold back only when it wrote; when someone wrote in between, the locked
+    write records the end and the hold gives its locks back on the way out."""
+    from provisioning.pending import GiveBack
+
+    lease = step_lease_key(started.run_id, STEP_NAMES[0])
+    assert try_advisory_locks(lease) == [True]
+    read = Onboarding.objects.get(pk=started.pk)
+    onboarding_write(started.pk, run_id=started.run_id, change=_count_attempts)  # another writer
+    give_back = GiveBack([lease])
+    onboarding_write(started.pk, run_id=started.run_id, change=_count_attempts, read=read, give_back=give_back)
+    assert not give_back.done and _other_session_tries(lease) is False  # still held here
+    read = Onboarding.objects.get(pk=started.pk)
+    onboarding_write(started.pk, run_id=started.run_id, change=_count_attempts, read=read, give_back=give_back)
+    assert give_back.done and _other_session_tries(lease) is True  # given back by the write itself
+    started.refresh_from_db()
+    assert started.provisioning_steps[STEP_NAMES[0]]["attempts"] == 3
+
+
+def test_the_admin_history_statement_answers_as_the_orm_query(started):
+    """Step 8's question (did step 7 of any tenant of this engine create this admin user?) in one statement on
+    PostgreSQL, the ORM's query elsewhere: the same answers."""
+    from provisioning.steps import admin_user_created_by_moran
+
+    tenant = Tenant.objects.select_related("engine").get(pk=started.tenant_id)
+    other = make_tenant(slug="lean-other", engine=tenant.engine, admin_email=tenant.admin_email.upper())
+    elsewhere = make_tenant(slug="lean-elsewhere", admin_email="someone@else.test")
+
+    def answers():
+        return [
+            (execution._admin_created_by_moran(t), admin_user_created_by_moran(t)) for t in (tenant, other, elsewhere)
+        ]
+
+    assert answers() == [(False, False)] * 3
+    steps = other.onboarding.provisioning_steps
+    steps["step_7_admin_user"] = {**steps.get("step_7_admin_user", {}), "result": {"created_by_moran": False}}
+    Onboarding.objects.filter(pk=other.onboarding.pk).update(provisioning_steps=steps)
+    assert answers() == [(False, False)] * 3
+    steps["step_7_admin_user"]["result"] = {"created_by_moran": True}
+    Onboarding.objects.filter(pk=other.onboarding.pk).update(provisioning_steps=steps)
+    assert answers() == [(True, True), (True, True), (False, False)]  # the same address, any case, same engine
