@@ -271,14 +271,14 @@ def run_bare(*, n: int, queue: str, key: str, timeout: float) -> tuple[float, fl
     return max(float(t) for t in client.lrange(done_key, 0, -1)) - began, sent
 
 
-def make_tenants(*, n: int, engine, prefix: str) -> list:
+def make_tenants(*, n: int, engine, prefix: str, abbr: str = "") -> list:
     from tenants.services import tenant_create
 
     return [
         tenant_create(
             slug=f"{prefix}-{i}",
             company_name=f"{prefix.title()} {i} Ltd",
-            abbr=f"{prefix[:2].upper()}{i}",
+            abbr=f"{abbr or prefix[:2].upper()}{i}",
             currency="EUR",
             country="Germany",
             admin_email=f"admin{i}@{prefix}.test",
@@ -353,7 +353,7 @@ def measure(args, worker: BenchWorker, stats_key: str) -> dict:
     # Rounds of bare then Moran back to back: the shared machine's speed drifts over minutes, and each round's ratio
     # compares two phases measured moments apart.
     for index in range(args.rounds):
-        tenants = make_tenants(n=args.tenants, engine=engine, prefix=f"bench{index}")
+        tenants = make_tenants(n=args.tenants, engine=engine, prefix=f"bench{index}", abbr=f"B{index}R")
         x0 = xact_commits(args.database)
         bare_s, bare_sent = run_bare(n=args.tenants, queue=queue, key=f"{stats_key}:{index}", timeout=args.timeout)
         settle_stats()
