@@ -8,7 +8,6 @@ them at once (PostgreSQL drops a session's advisory locks when the session ends)
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import time
 import zlib
@@ -19,10 +18,8 @@ from django.db import InterfaceError, OperationalError, connection
 from provisioning.rowsql import execute
 
 
-@functools.lru_cache(maxsize=16384)
 def step_lease_key(run_id, step_name: str) -> int:
-    """The advisory-lock key of one step of one run (a signed 64-bit integer, as PostgreSQL wants). Remembered: a
-    pure function of its arguments, which the sweeper asks for every run in flight on every pass."""
+    """The advisory-lock key of one step of one run (a signed 64-bit integer, as PostgreSQL wants)."""
     digest = hashlib.blake2b(f"moran:step:{run_id}:{step_name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 
