@@ -496,3 +496,25 @@ def test_the_admin_history_statement_answers_as_the_orm_query(started):
     steps["step_7_admin_user"]["result"] = {"created_by_moran": True}
     Onboarding.objects.filter(pk=other.onboarding.pk).update(provisioning_steps=steps)
     assert answers() == [(True, True), (True, True), (False, False)]  # the same address, any case, same engine
+
+
+@postgres_only
+def test_a_delivery_that_finds_the_lease_held_is_dropped_and_keeps_no_slot(started):
+    """Through the step's first read (which tries the lease and a slot in one statement): another session holds the
+    lease, so this delivery begins nothing, says so, and gives back the slot its read took."""
+    from django.db import connections
+
+    engine = Tenant.objects.select_related("engine").get(pk=started.tenant_id).engine
+    name = STEP_NAMES[3]
+    holder = connections.create_connection("default")
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", [step_lease_key(started.run_id, name)])
+        assert deliver(started, name).kind == execution.StepOutcome.DUPLICATE
+        assert engine_slots_in_use([engine]) == {engine.pk: 0}
+    finally:
+        holder.close()
+    started.refresh_from_db()
+    assert started.provisioning_steps[name]["status"] == "pending" and started.provisioning_steps[name]["attempts"] == 0
+    dropped = StepLog.objects.filter(onboarding=started, step=name, message__startswith="a second delivery")
+    assert dropped.count() == 1
