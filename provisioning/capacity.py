@@ -165,20 +165,16 @@ class Hold:
 
 
 @contextlib.contextmanager
-def step_hold(*, run_id, step_name: str, engine_id: int, max_concurrency: int, tried: Tried | None = None):
+def step_hold(*, run_id, step_name: str, engine_id: int, max_concurrency: int, tried: Tried | None):
     """The step's lease (:func:`provisioning.locks.step_lease`), then a slot of its engine (:func:`engine_slot`), as
-    a step's execution holds them. The lease and a first slot are tried in one statement — the step's first read,
-    when it passes what it got as ``tried`` — and given back in one: by the write that records the step's end
+    a step's execution holds them. The lease and a first slot were tried by the step's first read (``tried``; None
+    on SQLite); they are given back in one statement: by the write that records the step's end
     (``hold.give_back``), else on the way out. That is what a step costs when its engine has room."""
     if connection.vendor != "postgresql":
         yield Hold(True, Grant(True))
         return
     lease = step_lease_key(run_id, step_name)
     keys = slot_keys(engine_id, max_concurrency) if _enabled() else []
-    if tried is None:
-        first = random.choice(keys) if keys and step_name != COMPANY_STEP else None
-        got = try_advisory_locks(lease, *([first] if first is not None else []))
-        tried = Tried(got[0], first if first is not None and got[1] else None)
     slot = tried.slot
     if not tried.lease and not lease_wait(lease, settings.STEP_LEASE_WAIT, tried=True):
         advisory_unlock(*([slot] if slot is not None else []))

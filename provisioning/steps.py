@@ -56,14 +56,11 @@ class TenantSpec:
     admin_created_by_moran: bool = False
 
     @classmethod
-    def from_tenant(
-        cls, tenant, *, admin_history: bool = True, admin_created_by_moran: bool | None = None
-    ) -> TenantSpec:
-        """``admin_history=False`` skips the one query of :attr:`admin_created_by_moran`, for a step that does not
-        read it (see :attr:`Step.reads_admin_history`); ``admin_created_by_moran``: its answer, when the caller asked
-        the database already."""
+    def from_tenant(cls, tenant, *, admin_created_by_moran: bool | None = None) -> TenantSpec:
+        """``admin_created_by_moran``: its answer when the caller has it already (asked the database, or knows the
+        step does not read it: see :attr:`Step.reads_admin_history`); None asks :func:`admin_user_created_by_moran`."""
         if admin_created_by_moran is None:
-            admin_created_by_moran = admin_history and admin_user_created_by_moran(tenant)
+            admin_created_by_moran = admin_user_created_by_moran(tenant)
         return cls(
             company=tenant.company_name,
             abbr=tenant.abbr,

@@ -270,9 +270,10 @@ def test_a_late_task_of_a_superseded_run_changes_nothing(stuck, settings, lost_b
         onboarding_continue(onboarding=stuck.onboarding)
 
 
-def test_the_command_says_what_it_did(stuck, settings, capsys):
-    # given a step whose worker died (a zero liveness grace stands for the seconds passing)
-    settings.SWEEP_LIVENESS_GRACE = 0
+def test_the_command_says_what_it_did(stuck, settings, capsys, monkeypatch):
+    # given a step whose worker died, and the liveness grace (its default) gone by: the command reads the clock
+    real_now = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: real_now() + dt.timedelta(seconds=settings.SWEEP_LIVENESS_GRACE + 1))
     # when
     call_command("sweep_provisioning", "--dry-run")
     dry = capsys.readouterr().out

@@ -214,8 +214,13 @@ def test_a_stale_read_of_another_run_writes_nothing(started):
 def test_the_hold_gives_lease_and_slot_back(started):
     tenant = Tenant.objects.select_related("engine").get(pk=started.tenant_id)
     engine = tenant.engine
+    _, _, tried = execution._read(started.pk, lease=step_lease_key(started.run_id, STEP_NAMES[3]), slot=True)
     with step_hold(
-        run_id=started.run_id, step_name=STEP_NAMES[3], engine_id=engine.pk, max_concurrency=engine.max_concurrency
+        run_id=started.run_id,
+        step_name=STEP_NAMES[3],
+        engine_id=engine.pk,
+        max_concurrency=engine.max_concurrency,
+        tried=tried,
     ) as hold:
         assert hold.lease and hold.grant.held and hold.grant.slot is not None
         assert engine_slots_in_use([engine]) == {engine.pk: 1}
@@ -239,8 +244,13 @@ def test_a_duplicate_delivery_keeps_no_slot(started, settings):
     try:
         with holder.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_lock(%s)", [key])
+        _, _, tried = execution._read(started.pk, lease=key, slot=True)
         with step_hold(
-            run_id=started.run_id, step_name=STEP_NAMES[3], engine_id=engine.pk, max_concurrency=engine.max_concurrency
+            run_id=started.run_id,
+            step_name=STEP_NAMES[3],
+            engine_id=engine.pk,
+            max_concurrency=engine.max_concurrency,
+            tried=tried,
         ) as hold:
             assert not hold.lease and not hold.grant.held
             assert engine_slots_in_use([engine]) == {engine.pk: 0}
