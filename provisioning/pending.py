@@ -96,16 +96,20 @@ def _rows_by_model(pending) -> dict[type, list[Model]]:
     return by_model
 
 
-def pending_write_if(instance: Model, *, version_field: str, expected, give_back: GiveBack | None = None) -> bool:
+def pending_write_if(
+    instance: Model, *, version_field: str, expected, give_back: GiveBack | None = None, merge=None
+) -> bool:
     """:func:`pending_write` as one compare-and-swap statement (PostgreSQL, outside a transaction): the row is saved,
     and the collected rows written, only if its ``version_field`` is still ``expected``. Returns whether it was.
 
     ``give_back``: advisory locks the same statement releases when (and only when) the row was saved. They are
     released before the statement commits: a session that takes one in that instant reads the row as it was, and
-    its own compare-and-swap then finds the version changed and runs under the row lock, after this commit."""
+    its own compare-and-swap then finds the version changed and runs under the row lock, after this commit.
+
+    ``merge``: see :func:`provisioning.rowsql.save_if_sql`."""
     pending = _pending(instance) or []
     setattr(instance, _ATTR, None)
-    sql, params = save_if_sql(instance, version_field=version_field, expected=expected)
+    sql, params = save_if_sql(instance, version_field=version_field, expected=expected, merge=merge)
     parts = [("u", sql, params)]
     for model, rows in _rows_by_model(pending).items():
         parts.append((f"w{len(parts)}", *insert_if_sql(model, rows, source="u")))

@@ -165,10 +165,32 @@ def insert_if_sql(model: type[Model], rows: list[Model], *, source: str) -> tupl
     return f"{head} SELECT v.* FROM {source} CROSS JOIN (VALUES {', '.join([one] * len(rows))}) v", params
 
 
-def save_if_sql(instance: Model, *, version_field: str, expected) -> tuple[str, list]:
+@cache
+def _update_merging_sql(model: type[Model], merge_field: str) -> tuple[str, tuple]:
+    """:func:`_update_all_sql` with ``merge_field`` (a JSON object column) set to itself ``||`` the parameter."""
+    fields = tuple(f for f in _fields(model) if not f.primary_key)
+    sets = ", ".join(
+        f"{_qn(f.column)} = {_qn(f.column)} || %s::jsonb" if f.name == merge_field else f"{_qn(f.column)} = %s"
+        for f in fields
+    )
+    return f"UPDATE {_qn(model._meta.db_table)} SET {sets} WHERE {_qn(model._meta.pk.column)} = %s", fields
+
+
+def save_if_sql(instance: Model, *, version_field: str, expected, merge: tuple[str, dict] | None = None):
     """The UPDATE of :func:`save_sql`, only when the row's ``version_field`` is still ``expected``; returns a row
-    when it matched."""
-    sql, params = save_sql(instance)
+    when it matched.
+
+    ``merge``: ``(field, entries)``: that JSON field gets only ``entries``, merged into the stored object (top-level
+    keys replaced), instead of its whole value. The caller vouches that the stored object, as of ``expected``, merged
+    with ``entries`` is the instance's value."""
+    if merge is None:
+        sql, params = save_sql(instance)
+    else:
+        name, entries = merge
+        sql, fields = _update_merging_sql(type(instance), name)
+        db = _db()
+        params = [f.get_db_prep_save(entries if f.name == name else f.pre_save(instance, False), db) for f in fields]
+        params.append(instance.pk)
     return f"{sql} AND {_qn(_by_name(type(instance))[version_field].column)} = %s RETURNING 1", [*params, expected]
 
 

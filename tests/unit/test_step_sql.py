@@ -528,3 +528,45 @@ def test_a_delivery_that_finds_the_lease_held_is_dropped_and_keeps_no_slot(start
     assert started.provisioning_steps[name]["status"] == "pending" and started.provisioning_steps[name]["attempts"] == 0
     dropped = StepLog.objects.filter(onboarding=started, step=name, message__startswith="a second delivery")
     assert dropped.count() == 1
+
+
+@postgres_only
+def test_a_compare_and_swap_write_sends_only_the_entries_it_changed(started):
+    """The stored document gets the changed entry merged in: the same document as a whole write would store."""
+    read = Onboarding.objects.get(pk=started.pk)
+    before = read.provisioning_steps
+    with CaptureQueriesContext(connection) as queries:
+        written = onboarding_write(started.pk, run_id=started.run_id, change=_count_attempts, read=read)
+    (sql,) = [q["sql"] for q in queries.captured_queries]  # one statement: no lock, no fallback
+    assert "||" in sql and STEP_NAMES[0] in sql
+    assert not any(name in sql for name in STEP_NAMES[1:])  # the unchanged entries are not sent
+    started.refresh_from_db()
+    assert started.provisioning_steps == written.onboarding.provisioning_steps
+    assert started.provisioning_steps[STEP_NAMES[0]] == {**before[STEP_NAMES[0]], "attempts": 1}
+    assert {n: e for n, e in started.provisioning_steps.items() if n != STEP_NAMES[0]} == {
+        n: e for n, e in before.items() if n != STEP_NAMES[0]
+    }
+
+
+@postgres_only
+@pytest.mark.parametrize("damage", ["extra step", "entry missing a key", "step missing"])
+def test_a_stored_document_that_is_not_normalised_is_written_whole(started, damage):
+    """Merging into a hand-edited or older document would keep what a whole write drops or fills in."""
+    steps = {name: dict(entry) for name, entry in started.provisioning_steps.items()}
+    if damage == "extra step":
+        steps["step_99_gone"] = {"status": "completed"}
+    elif damage == "entry missing a key":
+        del steps[STEP_NAMES[4]]["result"]
+    else:
+        del steps[STEP_NAMES[4]]
+    Onboarding.objects.filter(pk=started.pk).update(provisioning_steps=steps)
+    read = Onboarding.objects.get(pk=started.pk)
+    with CaptureQueriesContext(connection) as queries:
+        written = onboarding_write(started.pk, run_id=started.run_id, change=_count_attempts, read=read)
+    (sql,) = [q["sql"] for q in queries.captured_queries]
+    assert "||" not in sql and all(name in sql for name in STEP_NAMES)
+    started.refresh_from_db()
+    assert started.provisioning_steps == written.onboarding.provisioning_steps
+    assert set(started.provisioning_steps) == set(STEP_NAMES)
+    assert all("result" in entry for entry in started.provisioning_steps.values())
+    assert started.provisioning_steps[STEP_NAMES[0]]["attempts"] == 1
